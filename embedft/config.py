@@ -1,0 +1,299 @@
+"""Typed configuration for every embedft entry point.
+
+Each Hydra group under ``conf/`` (model, lora, loss, data, trainer, logger, paths, eval) is backed
+by a dataclass here and registered in Hydra's ConfigStore, so OmegaConf rejects unknown keys and
+wrongly typed values while composing. Value checks live in ``__post_init__`` and run when
+``to_run_config`` turns the composed DictConfig into objects, before any model or data loads.
+Errors name the key, the value and what is allowed: ``loss.temperature must be > 0, got -1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key and what is allowed."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _one_of(key: str, value: Any, allowed: tuple) -> None:
+    _check(value in allowed, f"{key} must be one of {list(allowed)}, got {value!r}")
+
+
+MODEL_SOURCES = ("hub", "local", "gguf_package", "package", "tiny")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ALL_STS_TASKS = (
+    "STS12",
+    "STS13",
+    "STS14",
+    "STS15",
+    "STS16",
+    "STS17",
+    "STSBenchmark",
+    "BIOSSES",
+    "SICK-R",
+)
+
+
+@dataclass
+class ModelConfig:
+    """Which backbone to load and how to turn its hidden states into an embedding."""
+
+    name: str = MISSING
+    source: str = "hub"  # hub | local | gguf_package | package | tiny
+    path: str = MISSING  # hub id, directory, python package name, or tiny architecture
+    gguf_file: str | None = None
+    tokenizer_path: str | None = None
+    pooling: str = "last"
+    append_eos: bool = True
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    dtype: str = "auto"
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+    max_length: int = 150
+    license: str = ""
+
+    def __post_init__(self) -> None:
+        _one_of("model.source", self.source, MODEL_SOURCES)
+        _one_of("model.pooling", self.pooling, ("last", "mean"))
+        _one_of("model.dtype", self.dtype, DTYPES)
+        _one_of("model.attn_implementation", self.attn_implementation, ("sdpa", "eager"))
+        _check(self.max_length >= 2, f"model.max_length must be >= 2, got {self.max_length}")
+        _check(
+            self.source != "gguf_package" or bool(self.gguf_file),
+            f"model.gguf_file is required when model.source=gguf_package (model {self.name!r})",
+        )
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (peft). Paper defaults: r=8, alpha=32, dropout=0.1, gaussian init."""
+
+    enabled: bool = True
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.1
+    init: str = "gaussian"
+    target_modules: list[str] | None = None  # None: the model file's lora_target_modules
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, f"lora.r must be >= 1, got {self.r}")
+        _check(self.alpha > 0, f"lora.alpha must be > 0, got {self.alpha}")
+        _check(0 <= self.dropout < 1, f"lora.dropout must be in [0, 1), got {self.dropout}")
+        _one_of("lora.init", self.init, ("gaussian", "default", "pissa", "olora"))
+
+
+@dataclass
+class LossConfig:
+    """InfoNCE (paper Eq. 1 with hard_neg=true, Eq. 2 with hard_neg=false)."""
+
+    temperature: float = 0.05
+    hard_neg: bool = True
+    gather_across_ranks: bool = True
+    mask_duplicate_positives: bool = False
+    grad_cache_chunk_size: int = 0  # 0: off; else GradCache sub-batch size (texts per forward)
+
+    def __post_init__(self) -> None:
+        _check(self.temperature > 0, f"loss.temperature must be > 0, got {self.temperature}")
+        _check(
+            self.grad_cache_chunk_size >= 0,
+            f"loss.grad_cache_chunk_size must be >= 0 (0 = off), got {self.grad_cache_chunk_size}",
+        )
+
+
+@dataclass
+class DataConfig:
+    """Where the NLI triplets come from and how they are batched."""
+
+    name: str = MISSING
+    source: str = "hub"  # hub | local
+    path: str = MISSING  # hub dataset id, or a file (relative paths: under paths.data_dir)
+    data_files: str | None = None  # hub: file inside the dataset repo
+    subset: str | None = None
+    split: str = "train"
+    anchor_column: str = "sent0"
+    positive_column: str = "sent1"
+    negative_column: str | None = "hard_neg"
+    num_examples: int | None = None  # length of one epoch (streams have none); counted if local
+    batch_size: int = 60
+    shuffle_buffer: int = 10_000
+    num_workers: int = 0
+    length_grouping: int = 0  # >0: sort each window of this many batches by length
+
+    def __post_init__(self) -> None:
+        _one_of("data.source", self.source, ("hub", "local"))
+        _check(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
+        _check(
+            self.shuffle_buffer >= 0, f"data.shuffle_buffer must be >= 0, got {self.shuffle_buffer}"
+        )
+        _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
+        _check(
+            self.num_examples is None or self.num_examples > 0,
+            f"data.num_examples must be > 0 or null, got {self.num_examples}",
+        )
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay (paper: lr 5e-5, 100 warmup steps, wd 1e-4)."""
+
+    lr: float = 5e-5
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    scheduler: str = "cosine"
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _one_of("optim.scheduler", self.scheduler, ("cosine", "linear", "constant"))
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings embedft exposes."""
+
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
+    max_epochs: int = 1
+    max_steps: int = -1
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    gradient_checkpointing: bool = False
+    log_every_n_steps: int = 10
+    compile: bool = False
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+    save_every_n_steps: int = 500  # last.ckpt for resume/preemption
+
+    def __post_init__(self) -> None:
+        _one_of("trainer.accelerator", self.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"))
+        _one_of(
+            "trainer.precision",
+            self.precision,
+            ("auto", "32-true", "32", "bf16-mixed", "bf16-true", "16-mixed"),
+        )
+        _check(
+            self.max_steps == -1 or self.max_steps > 0,
+            f"trainer.max_steps must be > 0 or -1 (use epochs), got {self.max_steps}",
+        )
+        _check(self.max_epochs >= 1, f"trainer.max_epochs must be >= 1, got {self.max_epochs}")
+        _check(
+            self.accumulate_grad_batches >= 1,
+            f"trainer.accumulate_grad_batches must be >= 1, got {self.accumulate_grad_batches}",
+        )
+        _check(
+            self.save_every_n_steps >= 1,
+            f"trainer.save_every_n_steps must be >= 1, got {self.save_every_n_steps}",
+        )
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment logging: W&B (default), CSV, or none."""
+
+    kind: str = "wandb"  # wandb | csv | none
+    project: str = "embedft"
+    entity: str | None = None
+    group: str | None = None  # default: the sweep directory name in multirun
+    name: str | None = None  # default: built from the job's overrides
+    tags: list[str] = field(default_factory=list)
+    mode: str = "auto"  # auto: online with credentials, offline without
+
+    def __post_init__(self) -> None:
+        _one_of("logger.kind", self.kind, ("wandb", "csv", "none"))
+        _one_of("logger.mode", self.mode, ("auto", "online", "offline", "disabled"))
+
+
+@dataclass
+class PathsConfig:
+    """Where data is read from and results are written to."""
+
+    data_dir: str | None = None  # null: $EMBEDFT_DATA_DIR, else <repo>/../shared/data
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
+class EvalConfig:
+    """STS evaluation: the test table after fit and STSB-dev during training."""
+
+    tasks: list[str] = field(default_factory=lambda: list(ALL_STS_TASKS))
+    source: str = "local"  # local | hub (MTEB datasets)
+    batch_size: int = 64
+    every_n_steps: int = 100  # STSB-dev validation frequency in optimizer steps; 0: off
+    split: str = "test"
+    after_fit: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.tasks if t not in ALL_STS_TASKS]
+        _check(not unknown, f"eval.tasks has unknown {unknown}; known: {list(ALL_STS_TASKS)}")
+        _one_of("eval.source", self.source, ("local", "hub"))
+        _check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
+        _check(
+            self.every_n_steps >= 0, f"eval.every_n_steps must be >= 0, got {self.every_n_steps}"
+        )
+
+
+@dataclass
+class RunConfig:
+    """Root of ``python -m embedft.run``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 7
+    resume: str | None = None  # a checkpoint path, or "auto": <output_dir>/checkpoints/last.ckpt
+    task_name: str = "train"
+
+
+@dataclass
+class EvaluateConfig:
+    """Root of ``python -m embedft.evaluate``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    ckpt: str | None = None
+    device: str = "auto"
+
+
+def register_configs() -> None:
+    """Register the schemas so that YAML files are merged onto typed nodes."""
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
+
+
+def to_object(cfg: DictConfig) -> Any:
+    """Resolve and instantiate the dataclasses, running every ``__post_init__`` check."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except Exception as err:  # OmegaConf wraps errors raised inside __post_init__
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise ConfigError(str(err)) from err
+
+
+register_configs()

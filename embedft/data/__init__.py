@@ -1,0 +1,1 @@
+"""Training data: NLI triplet preparation and the triplet DataModule."""

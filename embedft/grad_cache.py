@@ -1,0 +1,75 @@
+"""Gradient caching (Gao et al., 2021, "Scaling Deep Contrastive Learning Batch Size under Memory
+Limited Setup"): an exact InfoNCE gradient for a large batch in memory bounded by a sub-batch.
+
+1. Embed every text in sub-batches with no autograd graph (and record each sub-batch's RNG state).
+2. Compute the loss on those embeddings as leaves and backpropagate it to them only: the
+   "gradient cache" d loss / d embedding, cheap because the graph is the loss alone.
+3. Re-run each sub-batch with autograd, replaying its RNG state so LoRA dropout draws the same
+   masks, and backpropagate ``sum(embedding * cached_grad)``: the chain rule, one sub-batch at a
+   time, accumulating the exact full-batch gradient in the LoRA weights.
+
+Peak activation memory is that of one sub-batch, whatever the batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def _replay_rng(state: tuple[torch.Tensor, list[torch.Tensor]]) -> Iterator[None]:
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        torch.set_rng_state(state[0])
+        if state[1]:
+            torch.cuda.set_rng_state_all(state[1])
+        yield
+
+
+def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return torch.get_rng_state(), cuda
+
+
+def _trim(input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """Cut the columns no row of this sub-batch attends to (right or left padding)."""
+    attended = attention_mask.any(dim=0).nonzero()
+    lo, hi = int(attended.min()), int(attended.max()) + 1
+    return input_ids[:, lo:hi], attention_mask[:, lo:hi]
+
+
+def grad_cache_backward(
+    embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    loss_of: Callable[[torch.Tensor], torch.Tensor],
+    chunk_size: int,
+    backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+) -> torch.Tensor:
+    """Accumulate d loss_of(embed(all texts)) / d params into ``.grad``; return the loss.
+
+    ``embed`` maps (ids, mask) to embeddings (n, H); ``loss_of`` maps all embeddings (N, H) to a
+    scalar; ``backward`` runs a backward pass (Lightning's ``manual_backward`` in training).
+    """
+    states, reps = [], []
+    with torch.no_grad():
+        for start in range(0, input_ids.shape[0], chunk_size):
+            ids, mask = _trim(
+                input_ids[start : start + chunk_size], attention_mask[start : start + chunk_size]
+            )
+            states.append(_rng_state())
+            reps.append(embed(ids, mask))
+    cached = torch.cat(reps).detach().requires_grad_()  # (N, H)
+    loss = loss_of(cached)
+    loss.backward()
+    grads = cached.grad  # (N, H)
+    for i, start in enumerate(range(0, input_ids.shape[0], chunk_size)):
+        ids, mask = _trim(
+            input_ids[start : start + chunk_size], attention_mask[start : start + chunk_size]
+        )
+        with _replay_rng(states[i]):
+            emb = embed(ids, mask)  # (n, H)
+        backward((emb * grads[start : start + chunk_size]).sum())
+    return loss.detach()

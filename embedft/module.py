@@ -1,0 +1,138 @@
+"""The LightningModule: embedder (backbone + LoRA + pooling) trained with InfoNCE.
+
+One forward embeds a batch's anchors, positives and negatives together (the collator stacks
+them), the loss sees them split back into three (B, H) tensors. AdamW over the LoRA weights only,
+linear warmup then cosine decay, stepped every optimizer step. Checkpoints hold the trainable
+(LoRA) weights, the optimizer state and the resolved config: megabytes for a 2B model.
+With ``loss.grad_cache_chunk_size > 0`` the step runs gradient caching (``embedft.grad_cache``)
+under manual optimisation.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+
+from embedft.config import OptimConfig
+from embedft.grad_cache import grad_cache_backward
+from embedft.loss import InfoNCELoss
+from embedft.model.embedder import Embedder, trainable_state_dict
+
+
+def warmup_cosine(warmup: int, total: int, kind: str = "cosine"):
+    """LR multiplier: linear 0 -> 1 over ``warmup`` steps, then cosine (or linear) to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        if kind == "constant" or total <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if kind == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class EmbeddingModule(L.LightningModule):
+    """Contrastive fine-tuning of an ``Embedder``; see the module docstring."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        loss_fn: InfoNCELoss,
+        optim: OptimConfig,
+        total_steps: int,
+        config: dict[str, Any] | None = None,
+        grad_cache_chunk_size: int = 0,
+    ) -> None:
+        super().__init__()
+        self.embedder = embedder
+        self.loss_fn = loss_fn
+        self.optim_cfg = optim
+        self.total_steps = total_steps
+        self.config = config or {}
+        self.grad_cache_chunk_size = grad_cache_chunk_size
+        self.automatic_optimization = grad_cache_chunk_size == 0
+        self.strict_loading = False  # checkpoints hold the adapters, not the frozen base
+
+    def loss_from_embeddings(self, emb: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        n = batch["num_triplets"]
+        anchor, positive = emb[:n], emb[n : 2 * n]  # (B, H) each
+        negative = emb[2 * n : 3 * n] if emb.shape[0] >= 3 * n else None
+        return self.loss_fn(
+            anchor,
+            positive,
+            negative,
+            positive_keys=batch.get("positive_keys"),
+            negative_keys=batch.get("negative_keys"),
+        )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if self.grad_cache_chunk_size:
+            loss = self._grad_cache_step(batch)
+        else:
+            emb = self.embedder(batch["input_ids"], batch["attention_mask"])  # (kB, H)
+            loss = self.loss_from_embeddings(emb, batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["num_triplets"])
+        self.log(
+            "train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch["num_triplets"]
+        )
+        return loss if self.automatic_optimization else None
+
+    def _grad_cache_step(self, batch: dict[str, Any]) -> torch.Tensor:
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        world = self.trainer.world_size if self._trainer is not None else 1
+        ddp_model = self.trainer.strategy.model if world > 1 else None
+        # Several backward passes per step: keep DDP from reducing after each one and average
+        # the (small) LoRA gradients once at the end instead.
+        no_sync = ddp_model.no_sync() if hasattr(ddp_model, "no_sync") else nullcontext()
+        with no_sync:
+            loss = grad_cache_backward(
+                self.embedder,
+                batch["input_ids"],
+                batch["attention_mask"],
+                lambda emb: self.loss_from_embeddings(emb, batch),
+                self.grad_cache_chunk_size,
+                backward=self.manual_backward,
+            )
+        if world > 1:
+            for p in self.embedder.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
+        if self.trainer.gradient_clip_val:
+            self.clip_gradients(opt, gradient_clip_val=self.trainer.gradient_clip_val)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.embedder.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("no trainable parameters: enable LoRA (lora.enabled=true)")
+        cfg = self.optim_cfg
+        optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas)
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(cfg.warmup_steps, self.total_steps, cfg.scheduler)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {
+            f"embedder.{k}": v for k, v in trainable_state_dict(self.embedder).items()
+        }
+        checkpoint["embedft_config"] = self.config
+

@@ -1,0 +1,112 @@
+"""Experiment tracking: the Lightning logger for a run, its W&B name/group/tags, and results.json.
+
+W&B runs online when credentials exist (``WANDB_API_KEY`` or a netrc entry) and offline otherwise,
+so a run never prompts or waits on the network; ``wandb sync`` uploads offline runs later.
+In a Hydra multirun the group is the sweep directory's name and the run name is built from the
+job's overrides (``model=gemma loss.hard_neg=true lora.r=8`` -> ``gemma-hardneg-r8``).
+"""
+
+from __future__ import annotations
+
+import json
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+from embedft.config import LoggerConfig
+
+# Overrides that say where or how a job runs, not what it trains: left out of run names.
+_NOT_IN_NAME = ("paths.", "logger.", "hydra.", "trainer.devices", "trainer.accelerator", "debug")
+
+
+def name_from_overrides(overrides: list[str]) -> str:
+    """A short, readable run name from ``key=value`` overrides."""
+    parts = []
+    for item in overrides:
+        key, _, value = item.lstrip("+~").partition("=")
+        if not value or key.startswith(_NOT_IN_NAME):
+            continue
+        if key == "model":
+            parts.insert(0, value)
+        elif key == "loss.hard_neg":
+            parts.append("hardneg" if value.lower() == "true" else "nohardneg")
+        elif key == "lora.r":
+            parts.append(f"r{value}")
+        elif key == "experiment":
+            parts.append(value)
+        else:
+            parts.append(f"{key.rsplit('.', 1)[-1]}{value}")
+    return "-".join(parts) or "default"
+
+
+def wandb_mode(cfg: LoggerConfig) -> str:
+    if cfg.mode != "auto":
+        return cfg.mode
+    env = os.environ.get("WANDB_MODE")
+    if env:
+        return env
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (FileNotFoundError, netrc.NetrcParseError):
+        pass
+    return "offline"
+
+
+def build_logger(
+    cfg: LoggerConfig, output_dir: Path, overrides: list[str], group: str | None
+) -> Any:
+    """The Lightning logger for this run, or False for ``logger=none``."""
+    if cfg.kind == "none":
+        return False
+    if cfg.kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(output_dir), name="csv", version="")
+    from lightning.pytorch.loggers import WandbLogger
+
+    mode = wandb_mode(cfg)
+    name = cfg.name or name_from_overrides(overrides)
+    return WandbLogger(
+        project=cfg.project,
+        entity=cfg.entity,
+        group=cfg.group or group,
+        name=name,
+        tags=list(cfg.tags) or [t for t in name.split("-") if t],
+        save_dir=str(output_dir),
+        offline=mode == "offline",
+        mode=mode,
+    )
+
+
+def log_sts_table(logger: Any, scores: dict[str, float]) -> None:
+    """Put the final 9-task table into W&B (a table plus one summary value per task)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if not isinstance(logger, WandbLogger):
+        return
+    rows = [[task, score] for task, score in scores.items()]
+    logger.log_table(key="sts/test_table", columns=["task", "spearman"], data=rows)
+    for task, score in scores.items():
+        logger.experiment.summary[f"sts/{task}"] = score
+
+
+def finish(logger: Any) -> None:
+    """Close the W&B run, so the next job of a multirun starts its own."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if isinstance(logger, WandbLogger):
+        import wandb
+
+        wandb.finish()
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON atomically: a crash leaves the previous file, never half of a new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, path)

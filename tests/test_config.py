@@ -1,0 +1,82 @@
+"""Config composition and validation: typed schemas, clear errors before anything loads."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from embedft.config import ConfigError, RunConfig, to_object
+from embedft.paths import conf_dir
+from embedft.run import check_run_config
+
+
+def _compose(*overrides):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose(config_name="run", overrides=list(overrides), return_hydra_config=False)
+
+
+def _cfg(*overrides) -> RunConfig:
+    dcfg = _compose(*overrides)
+    dcfg.paths.output_dir = "/tmp/unused"  # ${hydra:...} needs a running app
+    return to_object(dcfg)
+
+
+def test_defaults_are_the_papers_recipe():
+    cfg = _cfg()
+    assert cfg.model.name == "minicpm"
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.init) == (8, 32, 0.1, "gaussian")
+    assert cfg.model.lora_target_modules == ["q_proj", "v_proj"]
+    assert (cfg.loss.temperature, cfg.loss.hard_neg) == (0.05, True)
+    assert (cfg.data.batch_size, cfg.model.max_length, cfg.trainer.max_epochs, cfg.seed) == (
+        60,
+        150,
+        1,
+        7,
+    )
+    assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.weight_decay) == (5e-5, 100, 1e-4)
+    assert cfg.data.name == "simcse_nli"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("loss.temperature=-1", "loss.temperature must be > 0, got -1"),
+        ("lora.r=0", "lora.r must be >= 1, got 0"),
+        ("lora.dropout=1.5", "lora.dropout must be in [0, 1), got 1.5"),
+        ("data.batch_size=0", "data.batch_size must be >= 1, got 0"),
+        ("optim.lr=0", "optim.lr must be > 0, got 0"),
+        ("model.pooling=max", "model.pooling must be one of ['last', 'mean'], got 'max'"),
+        ("eval.tasks=[STS99]", "eval.tasks has unknown ['STS99']"),
+        ("trainer.max_steps=0", "trainer.max_steps must be > 0 or -1"),
+    ],
+)
+def test_bad_values_name_key_value_and_what_is_allowed(override, message):
+    with pytest.raises(ConfigError) as err:
+        _cfg(override)
+    assert message in str(err.value)
+
+
+def test_wrong_type_is_rejected_while_composing():
+    with pytest.raises((ValidationError, ConfigCompositionException)) as err:
+        _compose("loss.hard_neg=maybe")
+    assert "hard_neg" in str(err.value) or "hard_neg" in str(err.value.__cause__)
+
+
+def test_unknown_key_is_rejected():
+    with pytest.raises((ConfigKeyError, ConfigCompositionException)) as err:
+        _compose("loss.temprature=0.1")
+    assert "temprature" in str(err.value) or "temprature" in str(err.value.__cause__)
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(MissingConfigException) as err:
+        _compose("model=foo")
+    text = str(err.value)
+    assert "model/foo" in text and "gemma" in text and "smollm2" in text
+
+
+def test_hard_neg_needs_a_negative_column():
+    cfg = _cfg("data.negative_column=null")
+    with pytest.raises(ConfigError, match="loss.hard_neg=true needs hard negatives"):
+        check_run_config(cfg)
+    check_run_config(_cfg("data.negative_column=null", "loss.hard_neg=false"))

@@ -1,0 +1,111 @@
+"""TripletDataModule: column mapping, disjoint shards per rank, collation, bad files."""
+
+import csv
+import json
+
+import pytest
+
+from embedft.config import DataConfig
+from embedft.data.datamodule import (
+    DataError,
+    TripletCollator,
+    TripletStream,
+    check_data,
+)
+
+
+def _write_csv(path, rows, header=("sent0", "sent1", "hard_neg")):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+ROWS = [(f"anchor {i}", f"positive {i}", f"negative {i}") for i in range(10)]
+
+
+def _cfg(path, **kw):
+    base = dict(name="t", source="local", path=str(path), batch_size=3, shuffle_buffer=0)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def test_sentence_transformers_columns_are_mapped(tmp_path):
+    # Given a jsonl in sentence-transformers' anchor/positive/negative layout
+    path = tmp_path / "t.jsonl"
+    path.write_text(
+        "\n".join(json.dumps({"anchor": a, "positive": p, "negative": n}) for a, p, n in ROWS)
+    )
+    cfg = _cfg(path, anchor_column="anchor", positive_column="positive", negative_column="negative")
+    # When streamed; Then rows come out under embedft's keys, in batches of 3 (last one short)
+    batches = list(TripletStream(cfg, seed=0))
+    assert [len(b) for b in batches] == [3, 3, 3, 1]
+    assert batches[0][0] == {"anchor": "anchor 0", "positive": "positive 0", "negative": "negative 0"}
+
+
+def test_ranks_read_disjoint_shards_that_cover_the_data(tmp_path):
+    path = _write_csv(tmp_path / "t.csv", ROWS)
+    cfg = _cfg(path, batch_size=2, shuffle_buffer=4)
+    seen = []
+    for rank in range(2):
+        rows = [r["anchor"] for b in TripletStream(cfg, seed=1, rank=rank, world_size=2) for r in b]
+        seen.append(set(rows))
+    assert not seen[0] & seen[1]
+    assert seen[0] | seen[1] == {r[0] for r in ROWS}
+
+
+def test_every_rank_runs_the_same_number_of_batches(tmp_path):
+    path = _write_csv(tmp_path / "t.csv", ROWS[:9])  # 9 rows, 2 ranks: shards of 5 and 4
+    cfg = _cfg(path, batch_size=2)
+    counts = [
+        len(list(TripletStream(cfg, seed=0, rank=r, world_size=2, max_batches=9 // (2 * 2))))
+        for r in range(2)
+    ]
+    assert counts == [2, 2]
+
+
+def test_shuffle_is_seeded_and_changes_each_epoch(tmp_path):
+    path = _write_csv(tmp_path / "t.csv", ROWS)
+    cfg = _cfg(path, batch_size=10, shuffle_buffer=10)
+    a = TripletStream(cfg, seed=5)
+    first, second = [[r["anchor"] for b in a for r in b] for _ in range(2)]  # two epochs
+    again = [r["anchor"] for b in TripletStream(cfg, seed=5) for r in b]
+    assert first == again
+    assert sorted(first) == sorted(second) and first != second
+
+
+def test_length_grouping_keeps_every_row(tmp_path):
+    rows = [("x " * i, "p", "n") for i in range(1, 13)]
+    path = _write_csv(tmp_path / "t.csv", rows)
+    batches = list(TripletStream(_cfg(path, batch_size=3, length_grouping=2), seed=0))
+    lengths = [[len(r["anchor"]) for r in b] for b in batches]
+    assert sorted(x for b in lengths for x in b) == sorted(len(r[0]) for r in rows)
+    assert all(max(b) - min(b) <= 6 for b in lengths)  # neighbours in length share a batch
+
+
+def test_collator_stacks_anchor_positive_negative(tokenizer):
+    rows = [
+        {"anchor": "a man", "positive": "a dog is running", "negative": "nobody"},
+        {"anchor": "two people", "positive": "people", "negative": "a cat is sleeping"},
+    ]
+    batch = TripletCollator(tokenizer, max_length=8)(rows)
+    assert batch["num_triplets"] == 2
+    assert batch["input_ids"].shape[0] == 6
+    assert batch["attention_mask"].sum(1).tolist() == [3, 3, 5, 2, 2, 5]  # words + EOS
+    assert batch["positive_keys"].shape == (2,) and batch["negative_keys"].shape == (2,)
+
+
+def test_missing_file_fails_with_its_path(tmp_path):
+    with pytest.raises(DataError, match=r"nope\.csv does not exist.*make data"):
+        check_data(_cfg(tmp_path / "nope.csv"))
+
+
+def test_missing_columns_are_named(tmp_path):
+    path = _write_csv(tmp_path / "t.csv", ROWS, header=("premise", "hypothesis", "other"))
+    with pytest.raises(DataError, match=r"columns \['sent0', 'sent1', 'hard_neg'\] not found"):
+        check_data(_cfg(path))
+
+
+def test_check_data_counts_a_local_file(tmp_path):
+    assert check_data(_cfg(_write_csv(tmp_path / "t.csv", ROWS))) == 10
