@@ -135,4 +135,3 @@ class EmbeddingModule(L.LightningModule):
             f"embedder.{k}": v for k, v in trainable_state_dict(self.embedder).items()
         }
         checkpoint["embedft_config"] = self.config
-

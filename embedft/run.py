@@ -7,7 +7,10 @@ evaluate the 9 STS tasks with the best adapters, and write ``config.yaml``, ``re
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -68,9 +71,52 @@ def _job_context() -> tuple[list[str], str | None]:
     return list(hc.overrides.task), group
 
 
+_HELD_GPU_LOCKS: list[Any] = []  # open lock files: the claim lasts until this process exits
+
+
+def claim_gpus(cfg: RunConfig, poll_s: float = 5.0) -> None:
+    """Under ``hydra/launcher=gpus`` hold ``trainer.devices`` of the visible GPUs for this job.
+
+    submitit's local executor starts every job of a sweep at once and gives each the same
+    ``CUDA_VISIBLE_DEVICES`` (all GPUs). Each job takes an exclusive file lock per GPU it uses
+    and waits while none is free, so the GPUs run one job each; the OS drops the locks when the
+    job's process ends, crashed or not. Must run before anything initialises CUDA.
+    """
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    want = cfg.trainer.devices
+    if (
+        os.environ.get("SUBMITIT_EXECUTOR") != "local"
+        or cfg.trainer.accelerator == "cpu"
+        or not isinstance(want, int)
+        or not 0 < want < len(visible)
+    ):
+        return
+    lock_dir = Path(tempfile.gettempdir()) / f"embedft-gpu-locks-{os.getuid()}"
+    lock_dir.mkdir(exist_ok=True)
+    while True:
+        held = []
+        for dev in visible:
+            handle = open(lock_dir / f"gpu{dev.strip()}.lock", "w")  # stays open: holds the lock
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            held.append((dev.strip(), handle))
+            if len(held) == want:
+                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(d for d, _ in held)
+                _HELD_GPU_LOCKS.extend(h for _, h in held)
+                log.info("claimed GPU(s) %s of %s", os.environ["CUDA_VISIBLE_DEVICES"], visible)
+                return
+        for _, handle in held:  # not enough free: let go, so that two jobs cannot deadlock
+            handle.close()
+        time.sleep(poll_s)
+
+
 def train(dcfg: DictConfig) -> dict[str, Any]:
     cfg: RunConfig = to_object(dcfg)
     check_run_config(cfg)
+    claim_gpus(cfg)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     overrides, group = _job_context()
@@ -89,9 +135,8 @@ def train(dcfg: DictConfig) -> dict[str, Any]:
         "error": None,
     }
     write_json(out / "results.json", results)
-    logger = None
     try:
-        logger = _fit_and_evaluate(cfg, dcfg, out, overrides, group, results)
+        _fit_and_evaluate(cfg, dcfg, out, overrides, group, results)
         results["status"] = "completed"
     except BaseException as err:
         results["status"] = "failed"
@@ -99,11 +144,12 @@ def train(dcfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         write_json(out / "results.json", results)
-        finish(logger)
+        # Also after a failure: the next job of a multirun must not log into this W&B run.
+        finish(exit_code=0 if results["status"] == "completed" else 1)
     return results
 
 
-def _fit_and_evaluate(cfg, dcfg, out, overrides, group, results) -> Any:
+def _fit_and_evaluate(cfg, dcfg, out, overrides, group, results) -> None:
     from embedft.eval.callback import StsDevCallback
     from embedft.eval.sts import evaluate_sts
 
@@ -154,12 +200,17 @@ def _fit_and_evaluate(cfg, dcfg, out, overrides, group, results) -> Any:
             save_top_k=0,
         )
     ]
-    dev_cb = None
+    dev_cb, best = None, None
     if cfg.eval.every_n_steps > 0:
         dev_cb = StsDevCallback(sts_dir, cfg.eval.every_n_steps, cfg.eval.batch_size)
-        best = ModelCheckpoint(
-            dirpath=ckpt_dir, filename="best", monitor="val/stsb_spearman", mode="max",
-            save_top_k=1, auto_insert_metric_name=False,
+        best = ModelCheckpoint(  # same interval as the dev score, else it sees a stale value
+            dirpath=ckpt_dir,
+            filename="best",
+            monitor="val/stsb_spearman",
+            mode="max",
+            save_top_k=1,
+            auto_insert_metric_name=False,
+            every_n_train_steps=cfg.eval.every_n_steps,
         )
         callbacks += [dev_cb, best]
     logger = build_logger(cfg.logger, out, overrides, group)
@@ -187,7 +238,7 @@ def _fit_and_evaluate(cfg, dcfg, out, overrides, group, results) -> Any:
     )
     if logger:
         logger.log_hyperparams(results["config"])
-    resume = _resume_path(cfg, ckpt_dir)
+    resume = _resume_path(cfg, ckpt_dir, multirun=group is not None)
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     results["train"] = {
@@ -197,7 +248,7 @@ def _fit_and_evaluate(cfg, dcfg, out, overrides, group, results) -> Any:
         "total_steps_planned": steps,
         "resumed_from": resume,
     }
-    best_path = callbacks[-1].best_model_path if dev_cb is not None else ""
+    best_path = best.best_model_path if best is not None else ""
     last_path = ckpt_dir / "last.ckpt"
     results["checkpoint"] = best_path or (str(last_path) if last_path.exists() else None)
     if dev_cb is not None:
@@ -213,7 +264,6 @@ def _fit_and_evaluate(cfg, dcfg, out, overrides, group, results) -> Any:
             final, cfg.eval.tasks, sts_dir, batch_size=cfg.eval.batch_size, split=cfg.eval.split
         )
         log_sts_table(logger, results["sts"])
-    return logger
 
 
 def _world_size(cfg: RunConfig) -> int:
@@ -222,12 +272,16 @@ def _world_size(cfg: RunConfig) -> int:
     return max(1, n) * cfg.trainer.num_nodes
 
 
-def _resume_path(cfg: RunConfig, ckpt_dir: Path) -> str | None:
+def _resume_path(cfg: RunConfig, ckpt_dir: Path, multirun: bool = False) -> str | None:
+    # A sweep job that finds a last.ckpt in its own output dir was requeued (preempted or timed
+    # out on SLURM: submitit resubmits the same job) or its sweep is being rerun: continue it.
+    if cfg.resume == "auto" or (cfg.resume is None and multirun):
+        last = ckpt_dir / "last.ckpt"
+        if last.exists():
+            log.info("resuming from %s", last)
+        return str(last) if last.exists() else None
     if cfg.resume is None:
         return None
-    if cfg.resume == "auto":  # preempted jobs restart in the same output dir
-        last = ckpt_dir / "last.ckpt"
-        return str(last) if last.exists() else None
     if not Path(cfg.resume).is_file():
         raise ConfigError(f"resume: checkpoint {cfg.resume} does not exist")
     return cfg.resume

@@ -11,13 +11,30 @@ from __future__ import annotations
 import json
 import netrc
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from embedft.config import LoggerConfig
 
 # Overrides that say where or how a job runs, not what it trains: left out of run names.
-_NOT_IN_NAME = ("paths.", "logger.", "hydra.", "trainer.devices", "trainer.accelerator", "debug")
+_NOT_IN_NAME = (
+    "paths.",
+    "logger",
+    "hydra.",
+    "debug",
+    "resume",
+    "eval.",
+    "data.path",
+    "data.num_workers",
+    "trainer.devices",
+    "trainer.accelerator",
+    "trainer.strategy",
+    "trainer.num_nodes",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "trainer.save_every_n_steps",
+)
 
 
 def name_from_overrides(overrides: list[str]) -> str:
@@ -94,14 +111,14 @@ def log_sts_table(logger: Any, scores: dict[str, float]) -> None:
         logger.experiment.summary[f"sts/{task}"] = score
 
 
-def finish(logger: Any) -> None:
-    """Close the W&B run, so the next job of a multirun starts its own."""
-    from lightning.pytorch.loggers import WandbLogger
+def finish(exit_code: int = 0) -> None:
+    """Close the active W&B run, if any, so the next job of a multirun starts its own.
 
-    if isinstance(logger, WandbLogger):
-        import wandb
-
-        wandb.finish()
+    A non-zero ``exit_code`` marks the W&B run as failed.
+    """
+    wandb = sys.modules.get("wandb")  # not imported: no run was ever started
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

@@ -41,7 +41,11 @@ def test_sentence_transformers_columns_are_mapped(tmp_path):
     # When streamed; Then rows come out under embedft's keys, in batches of 3 (last one short)
     batches = list(TripletStream(cfg, seed=0))
     assert [len(b) for b in batches] == [3, 3, 3, 1]
-    assert batches[0][0] == {"anchor": "anchor 0", "positive": "positive 0", "negative": "negative 0"}
+    assert batches[0][0] == {
+        "anchor": "anchor 0",
+        "positive": "positive 0",
+        "negative": "negative 0",
+    }
 
 
 def test_ranks_read_disjoint_shards_that_cover_the_data(tmp_path):

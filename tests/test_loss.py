@@ -15,7 +15,9 @@ def _unit(*rows):
 
 # Two triplets in 2-D, chosen so cosines are easy: anchors on the axes.
 ANCHOR = _unit([1.0, 0.0], [0.0, 1.0])
-POSITIVE = _unit([1.0, 0.0], [1.0, 1.0])  # cos(a0,p0)=1, cos(a0,p1)=.7071, cos(a1,p0)=0, cos(a1,p1)=.7071
+POSITIVE = _unit(
+    [1.0, 0.0], [1.0, 1.0]
+)  # cos(a0,p0)=1, cos(a0,p1)=.7071, cos(a1,p0)=0, cos(a1,p1)=.7071
 NEGATIVE = _unit([0.0, 1.0], [-1.0, 0.0])  # cos(a0,n0)=0, cos(a0,n1)=-1, cos(a1,n0)=1, cos(a1,n1)=0
 R = 1 / math.sqrt(2)
 

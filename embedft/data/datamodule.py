@@ -27,7 +27,13 @@ from embedft.config import DataConfig
 from embedft.model.tokenize import tokenize_with_eos
 from embedft.paths import repo_root
 
-_LOCAL_BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+_LOCAL_BUILDERS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".jsonl": "json",
+    ".json": "json",
+    ".parquet": "parquet",
+}
 
 
 class DataError(ValueError):

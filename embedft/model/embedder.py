@@ -142,7 +142,9 @@ def build_embedder(
     if gradient_checkpointing:
         # Non-reentrant checkpointing lets gradients reach LoRA weights inside checkpointed
         # blocks even though the (frozen) inputs do not require grad.
-        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        backbone.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
     if lora_cfg is not None and lora_cfg.enabled:
         backbone = apply_lora(backbone, model_cfg, lora_cfg)
     embedder = Embedder(
@@ -161,7 +163,9 @@ def trainable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_embedder_from_checkpoint(
-    ckpt_path: str | Path, device: str | torch.device = "cpu", model_override: ModelConfig | None = None
+    ckpt_path: str | Path,
+    device: str | torch.device = "cpu",
+    model_override: ModelConfig | None = None,
 ) -> Embedder:
     """Rebuild the embedder a training run saved: its resolved config + LoRA weights."""
     from embedft.config import LoraConfig as LoraSchema
