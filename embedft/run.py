@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from embedft.config import ConfigError, RunConfig, to_object
 from embedft.data.datamodule import TripletDataModule, check_data
 from embedft.loss import InfoNCELoss
-from embedft.model.embedder import build_embedder, load_embedder_from_checkpoint
+from embedft.model.embedder import build_embedder, load_embedder_from_checkpoint, resolve_dtype
 from embedft.module import EmbeddingModule
 from embedft.paths import data_dir
 from embedft.tracking import build_logger, finish, log_sts_table, write_json
@@ -159,13 +159,12 @@ def _fit_and_evaluate(cfg, dcfg, out, overrides, group, results) -> None:
     gpu = on_gpu(cfg)
     device = "cuda" if gpu else "cpu"
     embedder = build_embedder(
-        cfg.model, cfg.lora, device="cpu", gradient_checkpointing=cfg.trainer.gradient_checkpointing
+        cfg.model,
+        cfg.lora,
+        device="cpu",  # Lightning moves it to each rank's device
+        dtype=resolve_dtype(cfg.model.dtype, device),
+        gradient_checkpointing=cfg.trainer.gradient_checkpointing,
     )
-    if gpu and cfg.model.dtype == "auto":
-        embedder.to(torch.bfloat16)
-        for p in embedder.parameters():  # keep the trained adapters in fp32
-            if p.requires_grad:
-                p.data = p.data.float()
     datamodule = TripletDataModule(
         cfg.data, embedder.tokenizer, cfg.model.max_length, cfg.model.append_eos, cfg.seed
     )

@@ -122,14 +122,19 @@ def build_embedder(
     lora_cfg: LoraConfig | None = None,
     *,
     device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
     gradient_checkpointing: bool = False,
 ) -> Embedder:
-    """Load the backbone and tokenizer named by ``model_cfg`` and add LoRA if enabled."""
+    """Load the backbone and tokenizer named by ``model_cfg`` and add LoRA if enabled.
+
+    ``dtype`` overrides ``model_cfg.dtype`` (a DDP job builds on the CPU in the dtype its GPU
+    will use). LoRA weights stay float32 whatever the base dtype (peft's adapter autocast).
+    """
     from embedft.model.sources import load_tokenizer, resolve_model_dir
 
     model_dir = resolve_model_dir(model_cfg)
     tokenizer = load_tokenizer(model_cfg)
-    dtype = resolve_dtype(model_cfg.dtype, device)
+    dtype = dtype or resolve_dtype(model_cfg.dtype, device)
     backbone = AutoModel.from_pretrained(
         model_dir,
         dtype=dtype,
