@@ -240,15 +240,15 @@ def _fit_and_evaluate(cfg, dcfg, out, overrides, group, results) -> None:
     resume = _resume_path(cfg, ckpt_dir, multirun=group is not None)
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    last_path = ckpt_dir / "last.ckpt"
     results["train"] = {
-        "global_step": trainer.global_step,
+        "global_step": _global_step(trainer, last_path),
         "wall_time_s": round(time.perf_counter() - started, 2),
         "final_loss": _float(trainer.callback_metrics.get("train/loss")),
         "total_steps_planned": steps,
         "resumed_from": resume,
     }
     best_path = best.best_model_path if best is not None else ""
-    last_path = ckpt_dir / "last.ckpt"
     results["checkpoint"] = best_path or (str(last_path) if last_path.exists() else None)
     if dev_cb is not None:
         results["stsb_dev"] = [{"step": s, "spearman": v} for s, v in dev_cb.curve]
@@ -284,6 +284,13 @@ def _resume_path(cfg: RunConfig, ckpt_dir: Path, multirun: bool = False) -> str 
     if not Path(cfg.resume).is_file():
         raise ConfigError(f"resume: checkpoint {cfg.resume} does not exist")
     return cfg.resume
+
+
+def _global_step(trainer: L.Trainer, last_path: Path) -> int:
+    # Under ddp_spawn the steps run in child processes: this process's trainer counted none.
+    if trainer.global_step == 0 and last_path.exists():
+        return int(torch.load(last_path, map_location="cpu", weights_only=False)["global_step"])
+    return trainer.global_step
 
 
 def _float(x: Any) -> float | None:

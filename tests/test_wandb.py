@@ -1,0 +1,191 @@
+"""W&B tracking: run names from overrides, offline without credentials, and what a sweep logs.
+
+The end-to-end test runs a 2-job multirun with ``logger=wandb`` and ``WANDB_MODE=offline`` and
+reads the offline runs back from their ``run-<id>.wandb`` files. wandb 0.31 writes no
+files/config.yaml or wandb-summary.json offline (those come at sync time), and its Python
+package no longer ships a reader for the file, so ``read_wandb_records`` parses the documented
+LevelDB-log framing (7-byte ":W&B" header, 32 KiB blocks, records of crc32/length/type + data)
+into wandb's own protobuf ``Record`` messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from embedft.config import LoggerConfig
+from embedft.paths import repo_root
+from embedft.tracking import name_from_overrides, wandb_mode
+
+_BLOCK = 32768
+_FULL, _LAST = 1, 4
+
+
+def read_wandb_records(path: Path):
+    """Yield the protobuf records of an offline W&B run file, in order."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    pos, pending = 7, b""
+    while pos + 7 <= len(data):
+        if _BLOCK - pos % _BLOCK < 7:  # a block's tail too short for a header is padding
+            pos += _BLOCK - pos % _BLOCK
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0:  # zero padding up to the end of the block
+            pos += _BLOCK - pos % _BLOCK
+            continue
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (_FULL, _LAST):  # FIRST/MIDDLE pieces wait for the rest
+            record = pb.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+def summarise(path: Path) -> dict:
+    """The parts of one offline run the tests look at."""
+    out: dict = {"history": [], "summary": {}, "config": {}, "exit_code": None}
+    for record in read_wandb_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run = record.run
+            out.update(name=run.display_name, group=run.run_group, project=run.project)
+            out["tags"] = list(run.tags)
+        elif kind == "config":
+            out["config"].update({i.key: json.loads(i.value_json) for i in record.config.update})
+        elif kind == "history":
+            out["history"].append(
+                {
+                    i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                    for i in record.history.item
+                }
+            )
+        elif kind == "summary":
+            for item in record.summary.update:
+                out["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+        elif kind == "exit":
+            out["exit_code"] = record.exit.exit_code
+    return out
+
+
+def test_run_name_comes_from_the_overrides_that_say_what_is_trained():
+    # Given a job's overrides, some of which only say where it runs
+    overrides = [
+        "model=gemma",
+        "loss.hard_neg=true",
+        "lora.r=8",
+        "data.path=/x/t.csv",
+        "logger=wandb",
+    ]
+    # Then the name keeps model, hard negatives and rank, in the paper's wording
+    assert name_from_overrides(overrides) == "gemma-hardneg-r8"
+    assert name_from_overrides(["loss.hard_neg=false", "model=phi2"]) == "phi2-nohardneg"
+
+
+def test_without_credentials_wandb_runs_offline(monkeypatch, tmp_path):
+    # Given no WANDB_MODE, no API key and a home without a netrc
+    for var in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    # Then "auto" means offline: no prompt, no network
+    assert wandb_mode(LoggerConfig()) == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_mode(LoggerConfig()) == "online"
+    assert wandb_mode(LoggerConfig(mode="disabled")) == "disabled"
+
+
+def test_reader_follows_records_across_32k_blocks(tmp_path, monkeypatch):
+    # Given an offline run of 1500 steps (a file of ~0.5 MB: records span block boundaries)
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = wandb.init(mode="offline", dir=str(tmp_path), project="reader", config={"a": 1})
+    for i in range(1500):
+        run.log({"x": i, "pad": "y" * (i % 50)})
+    run.finish()
+    (path,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    # When it is read back; Then every step is there, in order, with its value
+    history = summarise(path)["history"]
+    assert path.stat().st_size > 4 * _BLOCK
+    assert [h["x"] for h in history] == list(range(1500))
+
+
+@pytest.mark.slow  # two training jobs with STS evaluation in a subprocess: ~40-90 s
+def test_a_sweep_logs_config_curves_and_table_then_finishes_each_run(tmp_path, shared_data):
+    # Given a 2-job sweep (hard negatives on/off) logging to W&B offline, with STSB-dev every
+    # step and one small test task after fit
+    data = tmp_path / "triplets.csv"
+    data.write_text(
+        "sent0,sent1,hard_neg\n"
+        + "a man plays guitar,a man makes music,nobody plays\n" * 4
+        + "a dog runs outside,a dog is in the park,a cat sleeps inside\n" * 4
+    )
+    sweep = tmp_path / "sweep-wb"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline")
+    env.pop("WANDB_API_KEY", None)
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
+        env[var] = str(tmp_path / "wandb-home")
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "embedft.run", "-m",
+            "model=tiny_llama", "loss.hard_neg=true,false", "lora.r=4",
+            "data=local", f"data.path={data}", "data.batch_size=4",
+            "trainer.accelerator=cpu", "trainer.max_steps=2", "trainer.log_every_n_steps=1",
+            "trainer.enable_progress_bar=false", "optim.warmup_steps=1",
+            "logger=wandb", "logger.project=embedft-test",
+            "eval.every_n_steps=1", "eval.tasks=[BIOSSES]",
+            f"paths.data_dir={shared_data}",
+            f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${hydra.job.num}",
+        ],
+        cwd=repo_root(), env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # When the two offline runs are read back
+    runs, files = {}, {}
+    for job in ("0", "1"):
+        found = list((sweep / job / "wandb").glob("offline-run-*/run-*.wandb"))
+        assert len(found) == 1, f"job {job}: {found}"
+        files[job], runs[job] = found[0], summarise(found[0])
+
+    # Then each run is named by its overrides (those that say where it runs left out), grouped
+    # by the sweep, in the configured project
+    rest = "datalocal-batch_size4-max_steps2-warmup_steps1"
+    assert runs["0"]["name"] == f"tiny_llama-hardneg-r4-{rest}"
+    assert runs["1"]["name"] == f"tiny_llama-nohardneg-r4-{rest}"
+    assert runs["0"]["tags"] == ["tiny_llama", "hardneg", "r4", *rest.split("-")]
+    assert {r["group"] for r in runs.values()} == {"sweep-wb"}
+    assert {r["project"] for r in runs.values()} == {"embedft-test"}
+    for job, hard_neg in (("0", True), ("1", False)):
+        run = runs[job]
+        # And it holds the resolved config of its own job
+        assert run["config"]["loss"]["hard_neg"] is hard_neg
+        assert run["config"]["model"]["name"] == "tiny_llama"
+        # And the train loss and learning rate of both steps, and the STSB-dev curve
+        losses = [h["train/loss"] for h in run["history"] if "train/loss" in h]
+        rates = [h["train/lr"] for h in run["history"] if "train/lr" in h]
+        dev = [h["val/stsb_spearman"] for h in run["history"] if "val/stsb_spearman" in h]
+        assert len(losses) == 2 and all(x > 0 for x in losses)
+        assert rates and rates[0] > 0
+        assert len(dev) == 2 and all(-100 <= x <= 100 for x in dev)
+        # And the final STS table, also as summary values equal to results.json's
+        results = json.loads((sweep / job / "results.json").read_text())
+        table_path = next(
+            h["sts/test_table/path"] for h in run["history"] if "sts/test_table/path" in h
+        )
+        table = json.loads((files[job].parent / "files" / table_path).read_text())
+        assert table["columns"] == ["task", "spearman"]
+        assert table["data"] == [[k, pytest.approx(v)] for k, v in results["sts"].items()]
+        assert run["summary"]["sts/BIOSSES"] == pytest.approx(results["sts"]["BIOSSES"])
+        # And wandb.finish() closed it (an exit record) before the next job started its own
+        assert run["exit_code"] == 0
