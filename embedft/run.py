@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from embedft.config import ConfigError, RunConfig, to_object
 from embedft.data.datamodule import TripletDataModule, check_data
 from embedft.loss import InfoNCELoss
-from embedft.model.embedder import build_embedder, load_embedder_from_checkpoint, resolve_dtype
+from embedft.model.embedder import build_embedder, resolve_dtype
 from embedft.module import EmbeddingModule
 from embedft.paths import data_dir
 from embedft.tracking import build_logger, finish, log_sts_table, write_json
@@ -201,7 +201,9 @@ def _fit_and_evaluate(cfg, dcfg, out, overrides, group, results) -> None:
     ]
     dev_cb, best = None, None
     if cfg.eval.every_n_steps > 0:
-        dev_cb = StsDevCallback(sts_dir, cfg.eval.every_n_steps, cfg.eval.batch_size)
+        dev_cb = StsDevCallback(
+            sts_dir, cfg.eval.every_n_steps, cfg.eval.batch_size, source=cfg.eval.source
+        )
         best = ModelCheckpoint(  # same interval as the dev score, else it sees a stale value
             dirpath=ckpt_dir,
             filename="best",
@@ -255,12 +257,16 @@ def _fit_and_evaluate(cfg, dcfg, out, overrides, group, results) -> None:
     write_json(out / "results.json", results)
 
     if cfg.eval.after_fit and trainer.is_global_zero:
-        final = module.embedder
-        if best_path:
-            final = load_embedder_from_checkpoint(best_path, device=device)
-        final.eval()
+        if best_path:  # score the adapters STSB-dev picked, not the last step's
+            best = torch.load(best_path, map_location="cpu", weights_only=False)
+            module.load_state_dict(best["state_dict"], strict=False)
         results["sts"] = evaluate_sts(
-            final, cfg.eval.tasks, sts_dir, batch_size=cfg.eval.batch_size, split=cfg.eval.split
+            module.embedder,
+            cfg.eval.tasks,
+            sts_dir,
+            batch_size=cfg.eval.batch_size,
+            split=cfg.eval.split,
+            source=cfg.eval.source,
         )
         log_sts_table(logger, results["sts"])
 

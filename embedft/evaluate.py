@@ -1,0 +1,111 @@
+"""Score a model on the STS tasks: ``python -m embedft.evaluate model=smollm2 [ckpt=PATH]``.
+
+Without ``ckpt`` the base model named by ``model`` is scored (no LoRA); with ``ckpt`` the
+fine-tuned model a training run saved (its own model config + adapters; ``model=`` is then
+ignored). ``eval.tasks=[STSBenchmark,SICK-R]`` picks tasks, ``eval.source=hub`` reads MTEB's
+datasets from the hub instead of the offline copies under ``paths.data_dir``.
+
+Prints a Markdown table (Spearman x 100 per task and the average) and writes ``results.md`` and
+``results.json`` (kind "evaluate"; the format run.py writes) into the Hydra run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from embedft.config import EvaluateConfig, to_object
+from embedft.eval.sts import load_tasks, score_pairs
+from embedft.tracking import write_json
+
+log = logging.getLogger("embedft.evaluate")
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` is the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def checkpoint_model_name(ckpt_path: str | Path) -> str | None:
+    """The model name stored in a training checkpoint, read without loading its tensors."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    return ckpt.get("embedft_config", {}).get("model", {}).get("name")
+
+
+def markdown_table(scores: dict[str, float], label: str) -> str:
+    """One row per task, then the average, Spearman x 100 to 2 decimals."""
+    lines = [f"| Task | {label} |", "|---|---:|"]
+    for task, value in scores.items():
+        name = "**Average**" if task == "average" else task
+        lines.append(f"| {name} | {value:.2f} |")
+    return "\n".join(lines)
+
+
+def evaluate(dcfg: DictConfig) -> dict[str, Any]:
+    """Compose -> load the embedder -> score -> write results; returns the results dict."""
+    from embedft.model.embedder import build_embedder, load_embedder_from_checkpoint
+
+    out = Path(dcfg.paths.output_dir)
+    resolved = OmegaConf.to_container(dcfg, resolve=True)
+    results: dict[str, Any] = {
+        "kind": "evaluate",
+        "status": "running",
+        "model": dcfg.model.name,
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "config": resolved,
+        "sts": {},
+        "stsb_dev": [],
+        "train": None,
+        "checkpoint": dcfg.ckpt,
+        "error": None,
+    }
+    write_json(out / "results.json", results)
+    try:
+        cfg: EvaluateConfig = to_object(dcfg)
+        device = resolve_device(cfg.device)
+        # Data first: a missing file fails in a second, not after loading a large model.
+        pairs = load_tasks(cfg.eval.tasks, cfg.paths.data_dir, cfg.eval.split, cfg.eval.source)
+        started = time.perf_counter()
+        if cfg.ckpt:
+            embedder = load_embedder_from_checkpoint(cfg.ckpt, device)
+            results["model"] = checkpoint_model_name(cfg.ckpt) or cfg.model.name
+        else:
+            embedder = build_embedder(cfg.model, None, device=device)
+        loaded = time.perf_counter()
+        results["sts"] = score_pairs(embedder, pairs, cfg.eval.batch_size, show_progress=True)
+        results["timing"] = {
+            "device": device,
+            "load_s": round(loaded - started, 2),
+            "eval_s": round(time.perf_counter() - loaded, 2),
+        }
+        results["status"] = "completed"
+    except BaseException as err:
+        results["status"] = "failed"
+        results["error"] = f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        write_json(out / "results.json", results)
+    label = results["model"] + (" (fine-tuned)" if cfg.ckpt else " (base)")
+    table = markdown_table(results["sts"], label)
+    (out / "results.md").write_text(table + "\n")
+    print(table)
+    print(f"\nresults: {out / 'results.json'}")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(dcfg: DictConfig) -> float:
+    return evaluate(dcfg)["sts"]["average"]
+
+
+if __name__ == "__main__":
+    main()

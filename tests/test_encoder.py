@@ -1,0 +1,328 @@
+"""Evaluation encoder, STS suite runner and the STSB-dev training callback, on a tiny fake embedder.
+
+The fake follows the Embedder interface (``tokenize(texts)`` -> input_ids/attention_mask,
+``forward(input_ids, attention_mask)`` -> (B, H) unit vectors) with a word-level tokenizer built
+here and a padding-invariant model (masked self-attention + masked mean pooling), so that dedup,
+length sorting and padding trimming must give the same embeddings as encoding one text at a time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from tokenizers import Tokenizer, models, pre_tokenizers
+from torch import nn
+from transformers import PreTrainedTokenizerFast
+
+from embedft.eval.callback import StsDevCallback
+from embedft.eval.encoder import encode_texts
+from embedft.eval.sts import cosine_spearman, evaluate_sts, load_task
+from tests.conftest import make_embedder
+
+WORDS = "a an the cat dog man woman kid plays runs sleeps eats on in park house food ball".split()
+
+
+def _tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[EOS]", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]"
+    )
+
+
+class FakeEmbedder(nn.Module):
+    """Word embeddings -> one masked self-attention layer -> masked mean -> L2 normalise."""
+
+    def __init__(self, padding_side: str = "right", seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.tokenizer = _tokenizer()
+        self.tokenizer.padding_side = padding_side
+        self.emb = nn.Embedding(len(self.tokenizer), 16)
+        self.attn = nn.MultiheadAttention(16, num_heads=2, batch_first=True)
+        self.calls: list[dict] = []  # what forward saw, for the tests
+
+    @property
+    def device(self) -> torch.device:
+        return self.emb.weight.device
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        texts = [t + " [EOS]" for t in texts]
+        return dict(self.tokenizer(texts, padding=True, return_tensors="pt"))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        self.calls.append(
+            {
+                "shape": tuple(input_ids.shape),
+                "lengths": attention_mask.sum(1).tolist(),
+                "training": self.training,
+                "inference": torch.is_inference_mode_enabled(),
+            }
+        )
+        x = self.emb(input_ids)  # (B, T, 16)
+        x = x + self.attn(x, x, x, key_padding_mask=attention_mask == 0, need_weights=False)[0]
+        mask = attention_mask.unsqueeze(-1).float()  # (B, T, 1)
+        pooled = (x * mask).sum(1) / mask.sum(1)  # (B, 16)
+        return F.normalize(pooled, dim=-1)
+
+
+SENTENCES = [
+    "the cat sleeps",
+    "a dog runs in the park",
+    "the cat sleeps",  # duplicate
+    "a man plays",
+    "a woman eats food in the house",
+    "a dog runs in the park",  # duplicate
+    "the kid plays ball",
+    "a cat",
+]
+
+
+def _naive(embedder: FakeEmbedder, texts: list[str]) -> torch.Tensor:
+    embedder.eval()
+    with torch.no_grad():
+        return torch.cat([embedder(**embedder.tokenize([t])) for t in texts])
+
+
+# --- encode_texts -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_dedup_sorted_encoding_equals_one_at_a_time(padding_side):
+    # Given a padding-invariant embedder and texts with duplicates and varied lengths
+    embedder = FakeEmbedder(padding_side)
+    # When encoded by the evaluator (batches of 3) and one text at a time
+    fast = encode_texts(embedder, SENTENCES, batch_size=3)
+    slow = _naive(embedder, SENTENCES)
+    # Then the embeddings agree row by row, in the input order
+    assert fast.shape == (8, 16) and fast.dtype == torch.float32
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+
+
+def test_real_embedder_dedup_sorted_encoding_equals_one_at_a_time():
+    # Given embedft's Embedder on a tiny random Llama (last-token pooling, EOS appended)
+    embedder = make_embedder(lora=False)
+    # When encoded by the evaluator and one text at a time
+    fast = encode_texts(embedder, SENTENCES, batch_size=3)
+    slow = torch.cat([embedder.encode([t]) for t in SENTENCES])
+    # Then they agree
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+
+
+def test_each_unique_text_encoded_once_longest_first_without_padding_columns():
+    # Given 8 texts of which 6 are distinct, 4 7 4 8 5 3 tokens long (EOS included)
+    embedder = FakeEmbedder()
+    # When encoded in batches of 4
+    encode_texts(embedder, SENTENCES, batch_size=4)
+    # Then 6 rows were encoded in 2 batches: longest first, each as wide as its longest row
+    lengths = [n for call in embedder.calls for n in call["lengths"]]
+    assert lengths == [8, 7, 5, 4, 4, 3]
+    assert [call["shape"] for call in embedder.calls] == [(4, 8), (2, 4)]
+
+
+def test_encoding_runs_in_eval_and_inference_mode_and_restores_train_mode():
+    # Given an embedder in training mode
+    embedder = FakeEmbedder().train()
+    # When encoded
+    encode_texts(embedder, SENTENCES, batch_size=8)
+    # Then forward ran in eval + inference mode, and training mode is back
+    assert [(c["training"], c["inference"]) for c in embedder.calls] == [(False, True)]
+    assert embedder.training
+
+
+def test_bad_batch_size_and_empty_input_are_errors():
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        encode_texts(FakeEmbedder(), SENTENCES, batch_size=0)
+    with pytest.raises(ValueError, match="at least one text"):
+        encode_texts(FakeEmbedder(), [])
+
+
+# --- evaluate_sts -----------------------------------------------------------------------------
+
+
+def _stsb_row(score: float, s1: str, s2: str) -> str:
+    return f"main-captions\tMSRvid\t2012test\t0001\t{score}\t{s1}\t{s2}\n"
+
+
+def _write_suite(root: Path) -> None:
+    """STSB test and dev (same 5 pairs) and STS17 (3 pairs, sharing sentences with STSB)."""
+    pairs = [
+        (5.0, "the cat sleeps", "a cat sleeps"),
+        (0.5, "a dog runs in the park", "a woman eats food"),
+        (3.0, "a man plays", "the kid plays ball"),
+        (1.0, "the cat sleeps", "a man runs"),
+        (4.0, "a kid plays ball", "the kid plays ball"),
+    ]
+    stsb = root / "sts/STSBenchmark/stsbenchmark"
+    stsb.mkdir(parents=True)
+    for split in ("test", "dev"):
+        (stsb / f"sts-{split}.csv").write_text("".join(_stsb_row(*p) for p in pairs))
+    sts17_in = root / "sts/STS17/STS2017.eval.v1.1/STS.input.track5.en-en.txt"
+    sts17_gs = root / "sts/STS17/STS2017.gs/STS.gs.track5.en-en.txt"
+    sts17_in.parent.mkdir(parents=True)
+    sts17_gs.parent.mkdir(parents=True)
+    sts17_in.write_text("the cat sleeps\ta dog\na man plays\ta man runs\nthe house\ta park\n")
+    sts17_gs.write_text("1.0\n3.0\n0.0\n")
+
+
+def test_evaluate_sts_matches_per_task_scoring_and_encodes_shared_sentences_once(tmp_path):
+    # Given two tasks whose 16 sentences hold 11 distinct ones
+    _write_suite(tmp_path)
+    embedder = FakeEmbedder()
+    tasks = {t: load_task(t, tmp_path) for t in ("STSBenchmark", "STS17")}
+    expected = {
+        t: cosine_spearman(_naive(embedder, p.sentences1), _naive(embedder, p.sentences2), p.scores)
+        for t, p in tasks.items()
+    }
+    embedder.calls.clear()
+    # When the suite runs
+    scores = evaluate_sts(embedder, ["STSBenchmark", "STS17"], tmp_path, batch_size=4)
+    # Then each task scores as on its own, the average is their mean, and 11 rows were encoded
+    assert scores["STSBenchmark"] == pytest.approx(expected["STSBenchmark"], abs=1e-6)
+    assert scores["STS17"] == pytest.approx(expected["STS17"], abs=1e-6)
+    assert scores["average"] == pytest.approx((expected["STSBenchmark"] + expected["STS17"]) / 2)
+    assert sum(len(c["lengths"]) for c in embedder.calls) == 11
+
+
+def test_evaluate_sts_rejects_unknown_task_before_encoding(tmp_path):
+    embedder = FakeEmbedder()
+    with pytest.raises(ValueError, match="unknown STS task 'STS2'; known tasks: \\['STS12'"):
+        evaluate_sts(embedder, ["STS2"], tmp_path)
+    assert embedder.calls == []
+
+
+# --- StsDevCallback ---------------------------------------------------------------------------
+
+
+class _TinyModule(L.LightningModule):
+    """Pulls each pair's embeddings apart so that the dev score moves between evaluations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedder = FakeEmbedder(seed=1)
+        self.train_modes: list[bool] = []
+
+    def training_step(self, batch, batch_idx):
+        self.train_modes.append(self.embedder.training)
+        left, right = SENTENCES[batch_idx % 4], SENTENCES[4 + batch_idx % 4]
+        e = self.embedder(**self.embedder.tokenize([left, right]))
+        return (e[0] * e[1]).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+def _fit(tmp_path: Path, max_steps: int, every: int, accumulate: int = 1):
+    _write_suite(tmp_path / "data")
+    callback = StsDevCallback(tmp_path / "data", every_n_steps=every, batch_size=4)
+    checkpoint = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt",
+        monitor=StsDevCallback.METRIC,
+        mode="max",
+        every_n_train_steps=every,
+        save_top_k=1,
+    )
+    module = _TinyModule()
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        accumulate_grad_batches=accumulate,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[checkpoint, callback],
+        default_root_dir=tmp_path,
+    )
+    loader = torch.utils.data.DataLoader(torch.zeros(100, 1), batch_size=1)
+    trainer.fit(module, loader)
+    return trainer, module, callback, checkpoint
+
+
+def test_callback_logs_every_n_steps_and_at_the_end_and_feeds_model_checkpoint(tmp_path):
+    # Given 5 optimizer steps with STSB-dev every 2 steps
+    trainer, module, callback, checkpoint = _fit(tmp_path, max_steps=5, every=2)
+    # Then it was scored at steps 2, 4 and at the final step 5
+    assert [step for step, _ in callback.curve] == [2, 4, 5]
+    # and the value at each step is the STSB-dev score of the model at that time
+    assert trainer.callback_metrics[StsDevCallback.METRIC].item() == pytest.approx(
+        callback.curve[-1][1], abs=1e-4
+    )
+    final = evaluate_sts(module.embedder, ["STSBenchmark"], tmp_path / "data", split="dev")
+    assert callback.curve[-1][1] == pytest.approx(final["STSBenchmark"], abs=1e-6)
+    # and ModelCheckpoint (every 2 steps) kept the best of the values it saw, at steps 2 and 4
+    assert checkpoint.best_model_score.item() == pytest.approx(
+        max(v for s, v in callback.curve if s % 2 == 0), abs=1e-4
+    )
+    # and training steps always ran in train mode
+    assert all(module.train_modes)
+
+
+class _ScriptedDevCallback(StsDevCallback):
+    """Returns fixed scores instead of encoding, to script a curve that peaks mid-training."""
+
+    def __init__(self, scores: list[float], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._scores = iter(scores)
+
+    def evaluate(self, trainer, pl_module) -> float:
+        value = next(self._scores)
+        self.curve.append((trainer.global_step, value))
+        return value
+
+
+def test_model_checkpoint_with_same_interval_keeps_the_best_step_not_the_last(tmp_path):
+    # Given dev scores 50, 90, 70 at steps 2, 4, 6 and 60 at the final step 7
+    _write_suite(tmp_path / "data")
+    callback = _ScriptedDevCallback(
+        [50.0, 90.0, 70.0, 60.0], data_dir=tmp_path / "data", every_n_steps=2
+    )
+    best = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt",
+        filename="best",
+        monitor=StsDevCallback.METRIC,
+        mode="max",
+        save_top_k=1,
+        every_n_train_steps=2,
+    )
+    trainer = L.Trainer(
+        max_steps=7,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[callback, best],
+    )
+    # When trained
+    trainer.fit(_TinyModule(), torch.utils.data.DataLoader(torch.zeros(100, 1), batch_size=1))
+    # Then the kept checkpoint is step 4's, scored 90
+    assert callback.curve == [(2, 50.0), (4, 90.0), (6, 70.0), (7, 60.0)]
+    assert best.best_model_score.item() == 90.0
+    assert torch.load(best.best_model_path, weights_only=False)["global_step"] == 4
+
+
+def test_callback_scores_each_optimizer_step_once_with_gradient_accumulation(tmp_path):
+    # Given 4 optimizer steps of 2 micro-batches each, scored every 2 steps
+    _, _, callback, _ = _fit(tmp_path, max_steps=4, every=2, accumulate=2)
+    # Then steps 2 and 4 are scored exactly once each
+    assert [step for step, _ in callback.curve] == [2, 4]
+
+
+def test_callback_curve_round_trips_through_state_dict():
+    callback = StsDevCallback(every_n_steps=10)
+    callback.curve = [(10, 71.5), (20, 80.25)]
+    restored = StsDevCallback(every_n_steps=10)
+    restored.load_state_dict(callback.state_dict())
+    assert restored.curve == [(10, 71.5), (20, 80.25)]
+
+
+def test_callback_rejects_nonpositive_interval():
+    with pytest.raises(ValueError, match="every_n_steps must be >= 1, got 0"):
+        StsDevCallback(every_n_steps=0)
