@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 # Tests and local runs never touch the network (no HF hub, W&B offline files at most).
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
 
-.PHONY: help install test test-full lint format data quickstart bench bench-eval clean
+.PHONY: help install test test-full lint format data models quickstart offline-paper bench bench-eval clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -36,6 +36,15 @@ format: ## apply ruff's fixes and formatting
 
 data: ## build the offline NLI triplets -> data/nli_triplets.csv (+ manifest)
 	$(PY) -m embedft.prepare_nli
+
+models: ## convert the offline GGUF models once into the safetensors cache (~25 s + ~60 s)
+	$(OFFLINE) $(PY) -m embedft.model.sources smollm2 gemma3_270m minilm
+
+quickstart: ## fine-tune SmolLM2 offline for a few minutes; print STSBenchmark before/after
+	$(OFFLINE) $(PY) experiments/quickstart.py
+
+offline-paper: ## the offline reproduction (base vs fine-tuned, hard-neg ablation, 9 tasks) -> experiments/results/offline_paper
+	PY=$(PY) bash experiments/offline_paper.sh
 
 clean: ## remove outputs, multirun dirs and caches (not the venv)
 	rm -rf outputs multirun wandb lightning_logs .pytest_cache .ruff_cache

@@ -313,3 +313,24 @@ def build_tiny_model_dir(arch: str) -> Path:
         _tiny_tokenizer(arch).save_pretrained(out_dir)
 
     return build_cached_dir(final_dir, build)
+
+
+def model_config_by_name(name: str) -> ModelConfig:
+    """The typed ModelConfig of ``conf/model/<name>.yaml``."""
+    from omegaconf import OmegaConf
+
+    from embedft.config import ModelConfig, to_object
+    from embedft.paths import conf_dir
+
+    path = conf_dir() / "model" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ValueError(f"model={name!r} does not exist; known models: {known}")
+    return to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path)))
+
+
+if __name__ == "__main__":  # python -m embedft.model.sources smollm2 gemma3_270m: build caches
+    import sys
+
+    for model_name in sys.argv[1:]:
+        print(model_name, "->", resolve_model_dir(model_config_by_name(model_name)))

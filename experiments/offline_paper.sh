@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The offline reproduction of the paper's finding (README "Results"), end to end:
+#   bash experiments/offline_paper.sh      (or: make offline-paper)
+# 1. base models on the 9 STS tasks (paper Table 3; all-MiniLM-L6-v2 as the reference row),
+# 2. SmolLM2-135M and Gemma-3-270M fine-tuned with and without hard negatives (Tables 2 and 6),
+# 3. embedft.report over both sweeps -> experiments/results/offline_paper/.
+# Every step's wall time and the machine are written to experiments/results/offline_paper/run_info.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=experiments/results/offline_paper
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
+mkdir -p "$OUT"
+[ -f data/nli_triplets.csv ] || "$PY" -m embedft.prepare_nli
+rm -rf multirun/offline_base multirun/offline_finetune
+
+declare -A WALL
+step() {  # step NAME COMMAND...: run it and record its wall time
+  local name=$1; shift
+  local t0=$SECONDS
+  "$@"
+  WALL[$name]=$((SECONDS - t0))
+}
+step base_decoders "$PY" -m embedft.evaluate -m model=smollm2,gemma3_270m model.dtype=bfloat16 model.max_length=64 \
+  hydra.sweep.dir=multirun/offline_base/decoders
+step base_minilm "$PY" -m embedft.evaluate -m model=minilm hydra.sweep.dir=multirun/offline_base/minilm
+step finetune "$PY" -m embedft.run -m experiment=offline_finetune
+step report "$PY" -m embedft.report multirun/offline_base multirun/offline_finetune --out "$OUT"
+
+"$PY" - "$OUT/run_info.json" "${WALL[base_decoders]}" "${WALL[base_minilm]}" "${WALL[finetune]}" "${WALL[report]}" <<'PYEOF'
+import json, os, platform, sys
+import torch
+path, *walls = sys.argv[1:]
+names = ["base_decoders", "base_minilm", "finetune", "report"]
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+info = {
+    "wall_time_s": dict(zip(names, map(int, walls))),
+    "total_wall_time_s": sum(map(int, walls)),
+    "machine": {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                "python": platform.python_version(), "torch": torch.__version__},
+}
+json.dump(info, open(path, "w"), indent=2)
+print(json.dumps(info, indent=2))
+PYEOF
