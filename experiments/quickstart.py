@@ -14,7 +14,6 @@ from __future__ import annotations
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 

@@ -36,16 +36,18 @@ GLUE_HEADER = (
 
 
 def snli_txt_row(gold: str, s1: str, s2: str) -> str:
-    return "\t".join([gold, "(bp1)", "(bp2)", "(p1)", "(p2)", s1, s2, "c1", "p1", gold, "", "", "",
-                      ""])
+    return "\t".join(
+        [gold, "(bp1)", "(bp2)", "(p1)", "(p2)", s1, s2, "c1", "p1", gold, "", "", "", ""]
+    )
 
 
 def glue_row(index: int, s1: str, s2: str, gold: str) -> str:
     return "\t".join([str(index), "1", "1e", "fiction", "(", "(", "(", "(", s1, s2, gold, gold])
 
 
-def run_one(tmp_path: Path, fmt: str, name: str, content: str | bytes,
-            generic: GenericSpec | None = None) -> tuple[list[tuple[str, ...]], dict]:
+def run_one(
+    tmp_path: Path, fmt: str, name: str, content: str | bytes, generic: GenericSpec | None = None
+) -> tuple[list[tuple[str, ...]], dict]:
     """Write ``content`` to ``tmp_path/name``, prepare it alone; (sorted triplets, source report)."""
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
@@ -61,13 +63,23 @@ def test_group_triplets_applies_round_robin_policy_and_counts_every_row():
     # Given P1 with 3 entailments / 2 contradictions, P2 with 1 / 3, one-sided P3 and P4, a
     # hypothesis of P5 labelled both ways, a repeated row, a neutral and a no-consensus row
     rows = [
-        ("P1", "a", ENTAILMENT), ("P1", "x", CONTRADICTION), ("P1", "b", ENTAILMENT),
-        ("P1", "n", NEUTRAL), ("P1", "y", CONTRADICTION), ("P1", "c", ENTAILMENT),
-        ("P1", "a", ENTAILMENT), ("P1", "m", NO_CONSENSUS),
-        ("P2", "d", ENTAILMENT), ("P2", "u", CONTRADICTION), ("P2", "v", CONTRADICTION),
+        ("P1", "a", ENTAILMENT),
+        ("P1", "x", CONTRADICTION),
+        ("P1", "b", ENTAILMENT),
+        ("P1", "n", NEUTRAL),
+        ("P1", "y", CONTRADICTION),
+        ("P1", "c", ENTAILMENT),
+        ("P1", "a", ENTAILMENT),
+        ("P1", "m", NO_CONSENSUS),
+        ("P2", "d", ENTAILMENT),
+        ("P2", "u", CONTRADICTION),
+        ("P2", "v", CONTRADICTION),
         ("P2", "w", CONTRADICTION),
-        ("P3", "e", ENTAILMENT), ("P4", "z", CONTRADICTION),
-        ("P5", "h", ENTAILMENT), ("P5", "h", CONTRADICTION), ("P5", "g", ENTAILMENT),
+        ("P3", "e", ENTAILMENT),
+        ("P4", "z", CONTRADICTION),
+        ("P5", "h", ENTAILMENT),
+        ("P5", "h", CONTRADICTION),
+        ("P5", "g", ENTAILMENT),
         ("P5", "k", CONTRADICTION),
     ]
     pairs = [Pair(i + 1, p, h, label) for i, (p, h, label) in enumerate(rows)]
@@ -77,13 +89,19 @@ def test_group_triplets_applies_round_robin_policy_and_counts_every_row():
 
     # Then each entailment is used once, contradictions cycle in file order
     assert triplets == [
-        ("P1", "a", "x"), ("P1", "b", "y"), ("P1", "c", "x"),
+        ("P1", "a", "x"),
+        ("P1", "b", "y"),
+        ("P1", "c", "x"),
         ("P2", "d", "u"),
         ("P5", "g", "k"),
     ]
     assert dict(dropped) == {
-        "neutral": 1, "no_consensus": 1, "duplicate_pair": 1, "contradiction_unused": 2,
-        "premise_without_contradiction": 1, "premise_without_entailment": 1,
+        "neutral": 1,
+        "no_consensus": 1,
+        "duplicate_pair": 1,
+        "contradiction_unused": 2,
+        "premise_without_contradiction": 1,
+        "premise_without_entailment": 1,
         "conflicting_labels": 2,
     }
     assert used == 5 + 2 + 2  # P1 a,b,c,x,y; P2 d,u; P5 g,k
@@ -114,11 +132,18 @@ def test_snli_jsonl_counts_malformed_rows_per_reason_with_line_numbers(tmp_path)
     assert report["rows_read"] == 8
     assert report["rows_used"] == 2
     assert report["rows_dropped"] == {
-        "empty_text": 1, "invalid_json": 1, "missing_field": 1, "neutral": 1,
-        "no_consensus": 1, "unknown_label": 1,
+        "empty_text": 1,
+        "invalid_json": 1,
+        "missing_field": 1,
+        "neutral": 1,
+        "no_consensus": 1,
+        "unknown_label": 1,
     }
     assert report["malformed_first_lines"] == {
-        "empty_text": [6], "invalid_json": [5], "missing_field": [8], "unknown_label": [7],
+        "empty_text": [6],
+        "invalid_json": [5],
+        "missing_field": [8],
+        "unknown_label": [7],
     }
 
 
@@ -151,7 +176,10 @@ def test_senteval_strips_trailing_space_and_hashes_all_three_files(tmp_path):
     # Then
     assert triplets == [("A cat sits on a mat .", "A cat sits .", "A dog sits .")]
     assert [f["path"].rsplit("/", 1)[-1] for f in report["files"]] == [
-        "s1.dev", "s2.dev", "labels.dev"]
+        "s1.dev",
+        "s2.dev",
+        "labels.dev",
+    ]
     assert report["rows_dropped"] == {"empty_text": 1, "neutral": 1}
     assert report["malformed_first_lines"] == {"empty_text": [3]}
 
@@ -213,7 +241,9 @@ def test_textfooler_and_xnli_formats(tmp_path):
 def test_generic_csv_tsv_jsonl_with_configured_columns_and_labels(tmp_path):
     # Given the same 3 pairs as csv (quoted comma and newline), tsv and jsonl (int labels)
     spec = GenericSpec("s1", "s2", "gold", "0", "1", "2")
-    csv_text = 's1,s2,gold\n"Rain, then sun.",Weather changed.,0\n"Rain, then sun.","Only\nsun.",2\n'
+    csv_text = (
+        's1,s2,gold\n"Rain, then sun.",Weather changed.,0\n"Rain, then sun.","Only\nsun.",2\n'
+    )
     tsv_text = "gold\ts1\ts2\n0\tA.\tB.\n2\tA.\tC.\n1\tA.\tD.\n"
     jsonl_text = '{"s1": "A.", "s2": "B.", "gold": 0}\n{"s1": "A.", "s2": "C.", "gold": 2}\n'
 
@@ -350,10 +380,13 @@ def test_default_output_is_under_repo_data_dir_and_follows_format():
     root = prepare_nli.repo_root()
     assert prepare_nli._output_and_format(None, None) == (root / "data/nli_triplets.csv", "csv")
     assert prepare_nli._output_and_format(None, "parquet") == (
-        root / "data/nli_triplets.parquet", "parquet")
+        root / "data/nli_triplets.parquet",
+        "parquet",
+    )
     assert prepare_nli._output_and_format(Path("x.parquet"), None) == (Path("x.parquet"), "parquet")
     assert prepare_nli.manifest_path_for(root / "data/nli_triplets.csv") == (
-        root / "data/nli_triplets.manifest.json")
+        root / "data/nli_triplets.manifest.json"
+    )
 
 
 @pytest.fixture
@@ -380,8 +413,12 @@ def test_real_gold_sets_give_the_verified_triplet_counts(nli_data_dir, tmp_path)
     # are 1000 random pairs each, so few premises have both (30 + 35 premises).
     written = {s["name"]: s["triplets_written"] for s in manifest["sources"]}
     assert written == {
-        "snli_dev": 3170, "snli_test": 3167, "xnli_validation": 830, "xnli_test": 1670,
-        "mnli_matched": 31, "mnli_mismatched": 35,
+        "snli_dev": 3170,
+        "snli_test": 3167,
+        "xnli_validation": 830,
+        "xnli_test": 1670,
+        "mnli_matched": 31,
+        "mnli_mismatched": 35,
     }
     assert manifest["triplets_written"] == 8903
     premises = {
@@ -389,8 +426,12 @@ def test_real_gold_sets_give_the_verified_triplet_counts(nli_data_dir, tmp_path)
         for src in sources
     }
     assert premises == {
-        "snli_dev": 2943, "snli_test": 2921, "xnli_validation": 830, "xnli_test": 1670,
-        "mnli_matched": 30, "mnli_mismatched": 35,
+        "snli_dev": 2943,
+        "snli_test": 2921,
+        "xnli_validation": 830,
+        "xnli_test": 1670,
+        "mnli_matched": 30,
+        "mnli_mismatched": 35,
     }
     for src in manifest["sources"]:
         assert src["malformed_first_lines"] == {}

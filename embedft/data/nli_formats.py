@@ -93,8 +93,11 @@ class GenericSpec:
 
     @property
     def labels(self) -> dict[str, str]:
-        return {self.entailment: ENTAILMENT, self.neutral: NEUTRAL,
-                self.contradiction: CONTRADICTION}
+        return {
+            self.entailment: ENTAILMENT,
+            self.neutral: NEUTRAL,
+            self.contradiction: CONTRADICTION,
+        }
 
 
 @dataclass
@@ -114,8 +117,14 @@ class ParsedFile:
         self.rows_read += 1
         self.malformed.setdefault(reason, []).append(line)
 
-    def add(self, line: int, premise: object, hypothesis: object, raw_label: object,
-            labels: Mapping[str, str]) -> None:
+    def add(
+        self,
+        line: int,
+        premise: object,
+        hypothesis: object,
+        raw_label: object,
+        labels: Mapping[str, str],
+    ) -> None:
         if not isinstance(premise, str) or not isinstance(hypothesis, str):
             self.reject(line, "not_text")
             return
@@ -166,8 +175,9 @@ def _column_indices(path: Path, header: list[str], columns: tuple[str, str, str]
     return [header.index(name) for name in columns]
 
 
-def read_header_tsv(path: Path, columns: tuple[str, str, str],
-                    labels: Mapping[str, str]) -> ParsedFile:
+def read_header_tsv(
+    path: Path, columns: tuple[str, str, str], labels: Mapping[str, str]
+) -> ParsedFile:
     """TAB-separated with a header line; ``columns`` = (premise, hypothesis, label) names."""
     lines = _lines(read_utf8(path))
     if not lines:
@@ -214,8 +224,7 @@ def read_senteval(path: Path) -> ParsedFile:
     return parsed
 
 
-def read_jsonl(path: Path, columns: tuple[str, str, str],
-               labels: Mapping[str, str]) -> ParsedFile:
+def read_jsonl(path: Path, columns: tuple[str, str, str], labels: Mapping[str, str]) -> ParsedFile:
     """One JSON object per line; ``columns`` = (premise, hypothesis, label) keys."""
     parsed = ParsedFile([path])
     checked_keys = False

@@ -206,8 +206,15 @@ def manifest_path_for(out: Path) -> Path:
     return out.with_name(f"{out.stem}.manifest.json")
 
 
-def prepare(sources: Sequence[NliSource], out: Path, *, fmt: str = "csv", seed: int = 7,
-            generic: GenericSpec | None = None, base_dir: Path | None = None) -> dict:
+def prepare(
+    sources: Sequence[NliSource],
+    out: Path,
+    *,
+    fmt: str = "csv",
+    seed: int = 7,
+    generic: GenericSpec | None = None,
+    base_dir: Path | None = None,
+) -> dict:
     """Read and check every source, build the triplets, write ``out`` and its manifest.
 
     Returns the manifest. ``base_dir`` (the data dir) shortens the file paths in the manifest.
@@ -235,21 +242,25 @@ def prepare(sources: Sequence[NliSource], out: Path, *, fmt: str = "csv", seed: 
                 seen.add(triplet)
                 fresh.append(triplet)
         triplets.extend(fresh)
-        reports.append({
-            "name": source.name,
-            "format": source.fmt,
-            "files": [{"path": _display(f, base_dir), "sha256": _sha256(f)} for f in parsed.files],
-            "rows_read": parsed.rows_read,
-            "rows_used": used,
-            "rows_dropped": dict(sorted(dropped.items())),
-            "malformed_first_lines": {
-                reason: lines[:FIRST_LINES_REPORTED]
-                for reason, lines in sorted(parsed.malformed.items())
-            },
-            "triplets_built": len(built),
-            "duplicate_triplets_removed": len(built) - len(fresh),
-            "triplets_written": len(fresh),
-        })
+        reports.append(
+            {
+                "name": source.name,
+                "format": source.fmt,
+                "files": [
+                    {"path": _display(f, base_dir), "sha256": _sha256(f)} for f in parsed.files
+                ],
+                "rows_read": parsed.rows_read,
+                "rows_used": used,
+                "rows_dropped": dict(sorted(dropped.items())),
+                "malformed_first_lines": {
+                    reason: lines[:FIRST_LINES_REPORTED]
+                    for reason, lines in sorted(parsed.malformed.items())
+                },
+                "triplets_built": len(built),
+                "duplicate_triplets_removed": len(built) - len(fresh),
+                "triplets_written": len(fresh),
+            }
+        )
     random.Random(seed).shuffle(triplets)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -299,7 +310,9 @@ def parse_input_spec(spec: str, base: Path | None = None) -> NliSource:
     """``FORMAT:PATH`` -> NliSource; a relative PATH is relative to the current directory."""
     fmt, sep, path = spec.partition(":")
     if not sep or not path or fmt not in FORMATS:
-        raise NliInputError(f"--input {spec!r}: expected FORMAT:PATH with FORMAT in {list(FORMATS)}")
+        raise NliInputError(
+            f"--input {spec!r}: expected FORMAT:PATH with FORMAT in {list(FORMATS)}"
+        )
     return NliSource(_display(Path(path), base), fmt, Path(path))
 
 
@@ -309,8 +322,9 @@ def _summary(manifest: dict, out: Path) -> str:
     rows = [f"{'source':<{width}} {'rows':>7} {'triplets':>9}  dropped"]
     for src in sources:
         dropped = ", ".join(f"{k}={v}" for k, v in src["rows_dropped"].items()) or "-"
-        rows.append(f"{src['name']:<{width}} {src['rows_read']:>7} "
-                    f"{src['triplets_written']:>9}  {dropped}")
+        rows.append(
+            f"{src['name']:<{width}} {src['rows_read']:>7} {src['triplets_written']:>9}  {dropped}"
+        )
     total_rows = sum(src["rows_read"] for src in sources)
     rows.append(f"{'total':<{width}} {total_rows:>7} {manifest['triplets_written']:>9}")
     rows.append(f"wrote {out} and {manifest_path_for(out)}")
@@ -322,20 +336,43 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m embedft.prepare_nli",
         description="Build (premise, entailment, contradiction) triplets from offline NLI files.",
     )
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="offline data dir (default: $EMBEDFT_DATA_DIR or <repo>/../shared/data)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help=f"output file (default: <repo>/{DEFAULT_OUT}, .parquet for parquet)")
-    parser.add_argument("--format", choices=sorted(WRITERS), default=None,
-                        help="output format (default: from --out's suffix, else csv)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="offline data dir (default: $EMBEDFT_DATA_DIR or <repo>/../shared/data)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"output file (default: <repo>/{DEFAULT_OUT}, .parquet for parquet)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=sorted(WRITERS),
+        default=None,
+        help="output format (default: from --out's suffix, else csv)",
+    )
     parser.add_argument("--seed", type=int, default=7, help="shuffle seed (default 7)")
-    parser.add_argument("--input", action="append", default=[], metavar="FORMAT:PATH",
-                        help=f"an input file, repeatable; FORMAT in {', '.join(FORMATS)}. "
-                             "Without --input the gold sets under the data dir are used")
-    parser.add_argument("--columns", default="premise,hypothesis,label",
-                        help="generic inputs: premise,hypothesis,label column or key names")
-    parser.add_argument("--labels", default="entailment,neutral,contradiction",
-                        help="generic inputs: entailment,neutral,contradiction label values")
+    parser.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="FORMAT:PATH",
+        help=f"an input file, repeatable; FORMAT in {', '.join(FORMATS)}. "
+        "Without --input the gold sets under the data dir are used",
+    )
+    parser.add_argument(
+        "--columns",
+        default="premise,hypothesis,label",
+        help="generic inputs: premise,hypothesis,label column or key names",
+    )
+    parser.add_argument(
+        "--labels",
+        default="entailment,neutral,contradiction",
+        help="generic inputs: entailment,neutral,contradiction label values",
+    )
     return parser
 
 
@@ -354,8 +391,9 @@ def _output_and_format(out: Path | None, fmt: str | None) -> tuple[Path, str]:
 def _generic_spec(columns: str, labels: str) -> GenericSpec:
     names, values = columns.split(","), labels.split(",")
     if len(names) != 3 or len(values) != 3:
-        raise NliInputError(f"--columns {columns!r} and --labels {labels!r} need 3 comma-separated "
-                            "values each")
+        raise NliInputError(
+            f"--columns {columns!r} and --labels {labels!r} need 3 comma-separated values each"
+        )
     return GenericSpec(*names, *values)
 
 
