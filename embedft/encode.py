@@ -108,16 +108,12 @@ def write_output(output: str, records: list[dict[str, Any]], embeddings: np.ndar
 
 def base_model_config(name: str) -> Any:
     """The ModelConfig of conf/model/NAME.yaml (validated)."""
-    from omegaconf import OmegaConf
+    from embedft.model.sources import model_config_by_name
 
-    from embedft.config import ModelConfig, to_object
-    from embedft.paths import conf_dir
-
-    path = conf_dir() / "model" / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise UsageError(f"model={name}: no {path}; known models: {known}")
-    return to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path)))
+    try:
+        return model_config_by_name(name)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
 
 
 def load(args: dict[str, Any]) -> Any:

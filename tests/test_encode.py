@@ -100,7 +100,7 @@ def test_max_length_override_truncates(ckpt, tmp_path):
         (["model=a", "ckpt=b", "input=x.txt", "output=y.npy"], "give exactly one of"),
         (["model=tiny_llama", "input=x.txt"], "missing required argument(s): output=..."),
         (["model=tiny_llama", "input=x.txt", "output=y.csv"], "expected a file ending in"),
-        (["model=nope", "input=-", "output=-"], "model=nope: no "),
+        (["model=nope", "input=-", "output=-"], "model='nope' does not exist; known models:"),
         (["model=tiny_llama", "input=missing.txt", "output=-"], "input=missing.txt: file not"),
         (["model=tiny_llama", "colour=red"], "unknown argument 'colour'"),
         (["model=tiny_llama", "batch_size=many"], "batch_size must be an integer, got 'many'"),
