@@ -102,3 +102,11 @@ def test_warmup_then_cosine_to_zero():
     assert f(8) == pytest.approx(0.5)
     assert f(12) == pytest.approx(0.0)
     assert warmup_cosine(0, 10, "constant")(7) == 1.0
+
+
+def test_fit_trains_with_dropout_active():
+    # Given a model in eval mode, as transformers returns it from from_pretrained
+    module = EmbeddingModule(make_embedder(dropout=0.1).eval(), InfoNCELoss(), OptimConfig(), 1)
+    # When fit starts; Then every submodule, LoRA dropout included, is in training mode
+    module.on_fit_start()
+    assert all(m.training for m in module.embedder.modules())
