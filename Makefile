@@ -46,5 +46,12 @@ quickstart: ## fine-tune SmolLM2 offline for a few minutes; print STSBenchmark b
 offline-paper: ## the offline reproduction (base vs fine-tuned, hard-neg ablation, 9 tasks) -> experiments/results/offline_paper
 	PY=$(PY) bash experiments/offline_paper.sh
 
+bench: ## training throughput/memory vs sentence-transformers + memory at large batches -> experiments/results/
+	$(OFFLINE) $(PY) experiments/bench_train.py
+	$(OFFLINE) $(PY) experiments/bench_memory.py
+
+bench-eval: ## STS encoder throughput vs sentence-transformers -> experiments/results/bench_eval.*
+	$(OFFLINE) $(PY) experiments/bench_eval.py
+
 clean: ## remove outputs, multirun dirs and caches (not the venv)
 	rm -rf outputs multirun wandb lightning_logs .pytest_cache .ruff_cache

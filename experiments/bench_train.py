@@ -1,0 +1,823 @@
+"""Training throughput and peak memory: embedft vs sentence-transformers, plus embedft ablations.
+
+    python experiments/bench_train.py [--batch-size 60] [--max-length 150] [--steps 5]
+                                      [--warmup 1] [--rounds 2] [--ablations all|none|NAME ...]
+
+Both frameworks train smollm2 (the safetensors directory embedft converts from the GGUF) with the
+paper's LoRA (r=8, alpha=32, dropout 0.1, gaussian init, q_proj/v_proj) on the same triplets
+(``data/nli_triplets.csv`` in file order, no shuffling; built with ``python -m embedft.prepare_nli``
+if missing), the same batch size, max length and number of optimizer steps, fp32 on CPU:
+
+* embedft: the real training path: ``EmbeddingModule`` in a Lightning ``Trainer`` fed by
+  ``TripletDataModule`` (config composed from ``conf/`` with Hydra overrides), logger and
+  checkpointing off, no evaluation.
+* sentence-transformers: ``SentenceTransformerTrainer`` with ``MultipleNegativesRankingLoss``
+  (scale 20 = 1/tau, cosine, anchor -> positives + negatives: the paper's Eq. 1), a text-only
+  ``Transformer`` module (no chat template) + ``Pooling("lasttoken")``, every text given the EOS
+  token string (the tokenizer maps it to the EOS id, as embedft appends it), a sequential batch
+  sampler, AdamW, no gradient clipping. LoRA goes through ``add_adapter`` when that works; with
+  peft < 0.22 transformers refuses it, and the same LoRA is applied with ``peft.get_peft_model`` on
+  ``model[0].auto_model`` instead (the result says which).
+
+Every run is its own subprocess, so its peak RSS (``ru_maxrss`` from ``os.wait4``) belongs to one
+framework; embedft and sentence-transformers alternate (embedft, ST, embedft, ST) so that load
+from other processes hits both alike. Throughput counts the steps after ``--warmup``: triplets/s
+and real (non-padding) tokens/s, from the end of the last warm-up step to the end of the last
+step (data loading and collation included). A watchdog kills a run whose RSS passes ``--rss-cap-gb``.
+
+Ablations (embedft only, one switch each against the default): see ``ABLATIONS``. Figures go to
+``experiments/results/bench_train.json`` and a Markdown summary generated from it (``.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "experiments" / "results"
+TRIPLETS = REPO / "data" / "nli_triplets.csv"
+MARK = "BENCH_RESULT "  # prefix of the one JSON line a worker prints on stdout
+PACK_LEN = 128  # tokens per packed row (ablation "packed"): attention per row stays cheap
+
+# name -> (what it switches, Hydra overrides, worker hook); hooks are implemented in the worker.
+ABLATIONS: dict[str, tuple[str, list[str], str | None]] = {
+    "one_forward": (
+        "one forward of all 3B texts padded to the longest (sub_batch_rows=0)",
+        [],
+        "one_forward",
+    ),
+    "three_forwards": ("three forwards, each column padded to its own longest", [], "columns"),
+    "lm_head": ("AutoModelForCausalLM, last of all hidden states (LM head runs)", [], "lm_head"),
+    "length_grouping": (
+        "length-grouped batches, data.length_grouping = the number of steps: the same triplets "
+        "as the other runs, regrouped by length",
+        [],
+        "length_grouping",
+    ),
+    "eager": ("eager attention instead of SDPA", ["model.attn_implementation=eager"], None),
+    "compile": ("torch.compile of the backbone (trainer.compile)", ["trainer.compile=true"], None),
+    "packed": (
+        f"no padding: sequences packed into rows of <= {PACK_LEN} tokens with per-sequence "
+        "attention (bench-only, not in embedft's training path)",
+        [],
+        "packed",
+    ),
+}
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def ensure_triplets() -> None:
+    """Build data/nli_triplets.csv from the offline NLI data when it is missing."""
+    if not TRIPLETS.is_file():
+        print(f"{TRIPLETS} missing: building it with python -m embedft.prepare_nli", flush=True)
+        subprocess.run([sys.executable, "-m", "embedft.prepare_nli"], cwd=REPO, check=True)
+
+
+def read_triplets(n: int) -> list[dict[str, str]]:
+    with open(TRIPLETS, newline="") as f:
+        rows = [r for _, r in zip(range(n), csv.DictReader(f), strict=False)]
+    if len(rows) < n:
+        raise ValueError(f"{TRIPLETS} holds {len(rows)} triplets; the run needs {n}")
+    return rows
+
+
+# ---------------------------------------------------------------- parent: one run per subprocess
+
+
+def spawn(worker_args: list[str], rss_cap_gb: float, timeout_s: float) -> dict[str, Any]:
+    """Run this script as a worker; return its JSON result plus its own peak RSS.
+
+    The watchdog polls the child's RSS and kills it past ``rss_cap_gb`` (the machine is shared:
+    an unbounded run could push other people's processes out of memory).
+    """
+    log = tempfile.NamedTemporaryFile("w+", prefix="bench-worker-", suffix=".log", delete=False)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *worker_args]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    state = {"killed": None, "sampled_peak_kb": 0}
+    reaped = threading.Event()
+
+    def watch() -> None:
+        # Reads /proc only: proc.poll() could reap the child before os.wait4 gets its rusage.
+        started = time.monotonic()
+        while not reaped.wait(0.2):
+            try:
+                with open(f"/proc/{proc.pid}/status") as f:
+                    rss_kb = next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
+            except (OSError, StopIteration):  # exited (a zombie has no VmRSS line)
+                return
+            state["sampled_peak_kb"] = max(state["sampled_peak_kb"], rss_kb)
+            if rss_kb > rss_cap_gb * 1024**2:
+                state["killed"] = f"RSS {rss_kb / 1024**2:.1f} GB passed the cap {rss_cap_gb} GB"
+            elif time.monotonic() - started > timeout_s:
+                state["killed"] = f"ran longer than {timeout_s:.0f} s"
+            if state["killed"]:
+                os.kill(proc.pid, signal.SIGKILL)  # not proc.kill(): it may reap the child too
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    out = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not all children's
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    reaped.set()
+    watcher.join()
+    result: dict[str, Any] = {"argv": worker_args}
+    lines = [ln for ln in out.splitlines() if ln.startswith(MARK)]
+    if lines:
+        result.update(json.loads(lines[-1][len(MARK) :]))
+    result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)  # Linux reports kB
+    if state["killed"] or proc.returncode != 0 or not lines:
+        log.seek(0)
+        tail = log.read()[-2000:]
+        result["error"] = state["killed"] or f"exit code {proc.returncode}: {tail}"
+        result["peak_rss_mb_at_least"] = round(state["sampled_peak_kb"] / 1024, 1)
+    os.unlink(log.name)
+    return result
+
+
+# ---------------------------------------------------------------- workers
+
+
+def _finish(result: dict[str, Any], step_ends: list[float], started: float, args) -> None:
+    """Throughput over the steps after the warm-up; print the JSON line the parent reads."""
+    w = min(args.warmup, len(step_ends) - 1)
+    t0 = step_ends[w - 1] if w > 0 else started
+    timed = step_ends[-1] - t0
+    steps = len(step_ends) - w
+    step_times = [b - a for a, b in zip([started, *step_ends[:-1]], step_ends, strict=True)]
+    tokens = sum(result.pop("tokens_per_step")[w:])
+    padded = sum(result.pop("padded_per_step")[w:])
+    with open("/proc/self/status") as f:
+        hwm = next(int(x.split()[1]) for x in f if x.startswith("VmHWM:"))
+    result.update(
+        steps=len(step_ends),
+        timed_steps=steps,
+        step_s=[round(t, 3) for t in step_times],
+        timed_s=round(timed, 3),
+        triplets_per_s=round(steps * args.batch_size / timed, 3),
+        tokens_per_s=round(tokens / timed, 1),
+        real_tokens=tokens,
+        padded_tokens=padded,
+        padding_factor=round(padded / tokens, 3),
+        vmhwm_mb=round(hwm / 1024, 1),
+        loadavg_end=loadavg(),
+        cpu_s=round(time.process_time(), 1),
+    )
+    print(MARK + json.dumps(result), flush=True)
+
+
+def _padded(mask, rows: int | None) -> int:
+    """Tokens a forward over ``mask`` runs: one pad width (rows None) or sorted sub-batches."""
+    if rows is None or rows <= 0:
+        return int(mask.numel())
+    lengths = mask.sum(dim=1).sort(descending=True).values
+    return int(sum(int(c[0]) * len(c) for c in lengths.split(rows)))
+
+
+def embedft_config(args, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from embedft.config import to_object
+
+    base = [
+        f"model={args.model}",
+        "data=local",
+        f"data.path={TRIPLETS}",
+        "data.shuffle_buffer=0",  # file order: the same batches sentence-transformers sees
+        "data.num_workers=0",
+        f"data.batch_size={args.batch_size}",
+        f"model.max_length={args.max_length}",
+        "trainer=cpu" if args.device == "cpu" else "trainer=default",
+        f"trainer.max_steps={args.steps}",
+        "trainer.enable_progress_bar=false",
+        "logger=none",
+        "eval.every_n_steps=0",
+        "eval.after_fit=false",
+        f"paths.output_dir={tempfile.mkdtemp(prefix='bench-')}",
+    ]
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        return to_object(compose("run", overrides=base + overrides))
+
+
+class CausalLMBackbone:
+    """The authors' way: run the LM head and keep every layer's hidden states, read the last."""
+
+    @staticmethod
+    def build(model_dir: str, cfg, lora_cfg):
+        import torch
+        from torch import nn
+        from transformers import AutoModelForCausalLM
+
+        from embedft.model.embedder import apply_lora
+
+        class Wrapper(nn.Module):
+            def __init__(self, lm: nn.Module) -> None:
+                super().__init__()
+                self.lm = lm
+
+            def forward(self, input_ids, attention_mask, position_ids):
+                out = self.lm(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    output_hidden_states=True,
+                )
+                out.last_hidden_state = out.hidden_states[-1]
+                return out
+
+        lm = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch.float32, attn_implementation=cfg.attn_implementation
+        )
+        lm.config.use_cache = False
+        for p in lm.parameters():
+            p.requires_grad_(False)
+        return Wrapper(apply_lora(lm, cfg, lora_cfg))
+
+
+def worker_embedft(args) -> None:
+    import lightning as L
+    import torch
+
+    from embedft.data.datamodule import TripletDataModule, check_data
+    from embedft.loss import InfoNCELoss
+    from embedft.model.embedder import build_embedder
+    from embedft.model.sources import resolve_model_dir
+    from embedft.module import EmbeddingModule
+
+    hook = ABLATIONS[args.variant][2] if args.variant in ABLATIONS else None
+    overrides = (ABLATIONS[args.variant][1] if args.variant in ABLATIONS else []) + args.override
+    if hook == "length_grouping":
+        overrides.append(f"data.length_grouping={args.steps}")
+    cfg = embedft_config(args, overrides)
+    started_load = time.perf_counter()
+    L.seed_everything(cfg.seed)
+    embedder = build_embedder(
+        cfg.model, cfg.lora, gradient_checkpointing=cfg.trainer.gradient_checkpointing
+    )
+    if hook == "lm_head":
+        embedder.backbone = CausalLMBackbone.build(
+            resolve_model_dir(cfg.model), cfg.model, cfg.lora
+        )
+    if args.device == "cuda" and args.precision != "32-true":  # as embedft.run on a GPU
+        embedder.to(torch.bfloat16)
+        for p in embedder.parameters():  # the trained adapters stay fp32
+            if p.requires_grad:
+                p.data = p.data.float()
+    datamodule = TripletDataModule(
+        cfg.data, embedder.tokenizer, cfg.model.max_length, cfg.model.append_eos, cfg.seed
+    )
+    datamodule.num_examples = check_data(cfg.data)
+    loss_fn = InfoNCELoss(cfg.loss.temperature, cfg.loss.hard_neg)
+    kwargs: dict[str, Any] = {"grad_cache_chunk_size": cfg.loss.grad_cache_chunk_size}
+    if hook == "one_forward":
+        kwargs["sub_batch_rows"] = 0
+    elif args.sub_batch_rows is not None:
+        kwargs["sub_batch_rows"] = args.sub_batch_rows
+    module_cls = module_class(hook, EmbeddingModule)
+    module = module_cls(embedder, loss_fn, cfg.optim, args.steps, **kwargs)
+    loss_at_init = (
+        None if args.no_init_check else embedft_loss_at_init(module, args.batch_size, cfg.model)
+    )
+    if cfg.trainer.compile:
+        module.embedder.backbone = torch.compile(module.embedder.backbone)
+    rows = getattr(module, "sub_batch_rows", 0)
+    if hook == "columns":
+        rows = None
+    elif cfg.loss.grad_cache_chunk_size:
+        rows = cfg.loss.grad_cache_chunk_size
+    timer = StepTimer.make(rows, hook)
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        precision=args.precision or ("32-true" if args.device == "cpu" else "bf16-mixed"),
+        max_steps=args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
+    load_s = time.perf_counter() - started_load
+    trainer.fit(module, datamodule=datamodule)
+    result = {
+        "framework": "embedft",
+        "variant": args.variant,
+        "overrides": overrides,
+        "sub_batch_rows": getattr(module, "sub_batch_rows", None),
+        "load_s": round(load_s, 1),
+        "loss_at_init": loss_at_init,
+        "loss_first": timer.losses[0] if timer.losses else None,
+        "loss_last": timer.losses[-1] if timer.losses else None,
+        "tokens_per_step": timer.tokens,
+        "padded_per_step": timer.padded,
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_start": args.loadavg_start,
+    }
+    _finish(result, timer.ends, timer.started, args)
+
+
+def embedft_loss_at_init(module, batch_size: int, model_cfg) -> float:
+    """Loss of the first batch before training, dropout off: must equal sentence-transformers'."""
+    import torch
+
+    from embedft.data.datamodule import TripletCollator
+
+    rows = read_triplets(batch_size)
+    triplets = [
+        {"anchor": r["sent0"], "positive": r["sent1"], "negative": r["hard_neg"]} for r in rows
+    ]
+    collate = TripletCollator(module.embedder.tokenizer, model_cfg.max_length, model_cfg.append_eos)
+    batch = collate(triplets)
+    module.eval()
+    with torch.no_grad():
+        loss = module.loss_from_embeddings(module.embed_batch(batch), batch)
+    module.train()
+    return round(float(loss), 5)
+
+
+def worker_idle(args) -> None:
+    """The memory floor: libraries imported and the LoRA model built, no training step."""
+    import lightning  # noqa: F401  (imported by a training run too)
+
+    from embedft.model.embedder import build_embedder
+
+    cfg = embedft_config(args, args.override)
+    build_embedder(cfg.model, cfg.lora)
+    with open("/proc/self/status") as f:
+        hwm = next(int(x.split()[1]) for x in f if x.startswith("VmHWM:"))
+    result = {"framework": "idle", "variant": "model loaded", "vmhwm_mb": round(hwm / 1024, 1)}
+    print(MARK + json.dumps(result), flush=True)
+
+
+class StepTimer:
+    @staticmethod
+    def make(rows: int | None, hook: str | None):
+        import lightning as L
+
+        class Timer(L.Callback):
+            def __init__(self) -> None:
+                self.started, self.ends, self.losses = 0.0, [], []
+                self.tokens, self.padded = [], []
+
+            def on_train_start(self, trainer, module) -> None:
+                self.started = time.perf_counter()
+
+            def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+                mask = batch["attention_mask"]
+                self.tokens.append(int(mask.sum()))
+                if hook == "columns":
+                    n = batch["num_triplets"]
+                    self.padded.append(sum(_padded(m, None) for m in _trimmed_columns(mask, n)))
+                elif hook == "packed":
+                    packed = packed_rows(batch["input_ids"], mask)
+                    self.padded.append(int(packed["input_ids"].numel()))
+                else:
+                    self.padded.append(_padded(mask, rows))
+
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+                self.ends.append(time.perf_counter())
+                loss = trainer.callback_metrics.get("train/loss")
+                self.losses.append(None if loss is None else round(float(loss), 4))
+
+        return Timer()
+
+
+def _trimmed_columns(mask, n: int):
+    """The anchor, positive and negative masks, each cut to its own longest row."""
+    cols = [mask[i * n : (i + 1) * n] for i in range(mask.shape[0] // n)]
+    return [m[:, : int(m.sum(dim=1).max())] for m in cols]
+
+
+def packed_rows(ids, mask, pack_len: int = PACK_LEN) -> dict[str, Any]:
+    """Right-padded rows -> sequences packed into rows (``gpu_mfu.packed_batch``)."""
+    from gpu_mfu import packed_batch
+
+    seqs = [ids[i, :n].tolist() for i, n in enumerate(mask.sum(dim=1).tolist())]
+    return packed_batch(seqs, pack_len, ids.device)
+
+
+def module_class(hook: str | None, base):
+    """EmbeddingModule, or a subclass embedding the batch the way an ablation asks."""
+    import torch
+
+    class Columns(base):
+        """Three forwards: anchors, positives, negatives, each padded to its own longest."""
+
+        def embed_batch(self, batch: dict[str, Any]) -> torch.Tensor:
+            n = batch["num_triplets"]
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            parts = []
+            for i in range(ids.shape[0] // n):
+                m = mask[i * n : (i + 1) * n]
+                width = int(m.sum(dim=1).max())
+                parts.append(self.embedder(ids[i * n : (i + 1) * n, :width], m[:, :width]))
+            return torch.cat(parts)
+
+    class Packed(base):
+        """No padding: sequences packed into rows, attention kept within each sequence
+        (transformers builds a block-diagonal causal mask from positions that restart), the
+        EOS state of each sequence gathered."""
+
+        def embed_batch(self, batch: dict[str, Any]) -> torch.Tensor:
+            from gpu_mfu import embed_packed
+
+            packed = packed_rows(batch["input_ids"], batch["attention_mask"])
+            return embed_packed(self.embedder.backbone, packed)
+
+    return {"columns": Columns, "packed": Packed}.get(hook or "", base)
+
+
+def worker_st(args) -> None:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.base.sampler import DefaultBatchSampler
+    from sentence_transformers.sentence_transformer import losses, modules
+    from torch.utils.data import SequentialSampler
+    from transformers import TrainerCallback
+
+    from embedft.model.sources import resolve_model_dir
+
+    cfg = embedft_config(args, args.override)  # the same model/LoRA/optimizer settings
+    started_load = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    transformer = modules.Transformer(
+        resolve_model_dir(cfg.model),
+        max_seq_length=cfg.model.max_length,
+        # Text only: without a "message" modality ST does not wrap text in the chat template.
+        modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+        module_output_name="token_embeddings",
+        model_kwargs={"dtype": torch.float32, "attn_implementation": cfg.model.attn_implementation},
+    )
+    tok = transformer.tokenizer
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    pooling = modules.Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
+    model = SentenceTransformer(modules=[transformer, pooling], device=args.device)
+    peft_cfg = PeftLoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules or cfg.model.lora_target_modules),
+        init_lora_weights=cfg.lora.init,
+        bias="none",
+    )
+    try:
+        model.add_adapter(peft_cfg)
+        lora_path = "SentenceTransformer.add_adapter"
+    except (ImportError, ValueError) as err:
+        model[0].model = get_peft_model(model[0].auto_model, peft_cfg)
+        lora_path = f"peft.get_peft_model on model[0].auto_model (add_adapter refused: {err})"
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    rows = read_triplets(args.steps * args.batch_size)
+    eos = tok.eos_token
+    columns = {
+        "anchor": [r["sent0"] + eos for r in rows],
+        "positive": [r["sent1"] + eos for r in rows],
+        "negative": [r["hard_neg"] + eos for r in rows],
+    }
+    # A text cut at max_length loses its EOS here (embedft keeps it): count them; the
+    # comparison is exact only when none is.
+    tokens, padded, at_limit = [], [], 0
+    for s in range(0, len(rows), args.batch_size):
+        masks = [
+            model.preprocess(c[s : s + args.batch_size])["attention_mask"] for c in columns.values()
+        ]
+        tokens.append(int(sum(m.sum() for m in masks)))
+        at_limit += sum(int((m.sum(dim=1) >= args.max_length).sum()) for m in masks)
+        # ST embeds the anchors alone and the positives + negatives in one merged forward.
+        widths = [masks[0].shape[1], max(m.shape[1] for m in masks[1:])]
+        padded.append(masks[0].shape[0] * widths[0] + 2 * masks[1].shape[0] * widths[1])
+
+    # The first batch's loss before training, dropout off: the check that both compute Eq. 1 on
+    # the same embeddings (LoRA B starts at zero, so both are the base model here).
+    loss = losses.MultipleNegativesRankingLoss(model, scale=1.0 / cfg.loss.temperature)
+    model.eval()
+    with torch.no_grad():
+        first = [
+            model.encode(c[: args.batch_size], batch_size=args.batch_size, convert_to_tensor=True)
+            for c in columns.values()
+        ]
+        loss_at_init = round(float(loss.compute_loss_from_embeddings(first, None)), 5)
+    model.train()
+
+    class Timer(TrainerCallback):
+        def __init__(self) -> None:
+            self.started, self.ends = 0.0, []
+
+        def on_train_begin(self, *a, **k) -> None:
+            self.started = time.perf_counter()
+
+        def on_step_end(self, *a, **k) -> None:
+            self.ends.append(time.perf_counter())
+
+    timer = Timer()
+    out_dir = tempfile.mkdtemp(prefix="bench-st-")
+    training_args = SentenceTransformerTrainingArguments(
+        output_dir=out_dir,
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.steps,
+        learning_rate=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        warmup_steps=cfg.optim.warmup_steps,
+        lr_scheduler_type="cosine",
+        optim="adamw_torch",
+        max_grad_norm=0.0,  # embedft clips nothing by default either
+        seed=cfg.seed,
+        logging_strategy="no",
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_drop_last=True,
+        dataloader_num_workers=0,
+        use_cpu=args.device == "cpu",
+        bf16=args.device != "cpu",
+        batch_sampler=lambda dataset, batch_size, drop_last, **_: DefaultBatchSampler(
+            SequentialSampler(dataset), batch_size=batch_size, drop_last=drop_last
+        ),
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=Dataset.from_dict(columns),
+        loss=loss,
+        callbacks=[timer],
+    )
+    load_s = time.perf_counter() - started_load
+    trainer.train()
+    result = {
+        "framework": "sentence-transformers",
+        "variant": "MNRL",
+        "lora": lora_path,
+        "trainable_params": trainable,
+        "load_s": round(load_s, 1),
+        "loss_at_init": loss_at_init,
+        "texts_at_max_length": at_limit,
+        "tokens_per_step": tokens,
+        "padded_per_step": padded,
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_start": args.loadavg_start,
+    }
+    _finish(result, timer.ends, timer.started, args)
+
+
+# ---------------------------------------------------------------- report
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median throughput and max peak RSS per (framework, variant), ratios against the baselines."""
+    import statistics
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        if "error" not in r:
+            groups.setdefault(f"{r['framework']}:{r['variant']}", []).append(r)
+    table = {
+        key: {
+            "runs": len(rs),
+            "triplets_per_s": round(statistics.median(r["triplets_per_s"] for r in rs), 3),
+            "tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in rs), 1),
+            "padding_factor": rs[0]["padding_factor"],
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+        }
+        for key, rs in groups.items()
+    }
+    ours, st = table.get("embedft:default"), table.get("sentence-transformers:MNRL")
+    if ours:
+        for row in table.values():
+            row["speed_vs_embedft_default"] = round(
+                row["triplets_per_s"] / ours["triplets_per_s"], 3
+            )
+    ratios = {}
+    if ours and st:
+        ratios = {
+            "triplets_per_s": round(ours["triplets_per_s"] / st["triplets_per_s"], 3),
+            "tokens_per_s": round(ours["tokens_per_s"] / st["tokens_per_s"], 3),
+            "peak_rss": round(ours["peak_rss_mb"] / st["peak_rss_mb"], 3),
+            "target_speed_met": ours["triplets_per_s"] >= 1.3 * st["triplets_per_s"],
+            "target_rss_met": ours["peak_rss_mb"] <= st["peak_rss_mb"],
+            # Same objective on the same embeddings: the first batch's loss before training.
+            "loss_at_init": {
+                "embedft": groups["embedft:default"][0]["loss_at_init"],
+                "sentence_transformers": groups["sentence-transformers:MNRL"][0]["loss_at_init"],
+            },
+            "texts_at_max_length": groups["sentence-transformers:MNRL"][0]["texts_at_max_length"],
+        }
+    return {"table": table, "embedft_vs_st": ratios}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    s, env, summ = report["settings"], report["environment"], report["summary"]
+    lines = [
+        "# Training throughput: embedft vs sentence-transformers",
+        "",
+        f"Generated by `experiments/bench_train.py` on {env['device']} ({env['cpu_count']} CPUs, "
+        f"{env['torch_threads']} torch threads), torch {env['torch']}, sentence-transformers "
+        f"{env['sentence_transformers']}, lightning {env['lightning']}. Model {s['model']}, batch "
+        f"{s['batch_size']} triplets, max length {s['max_length']}, {s['steps']} optimizer steps "
+        f"({s['warmup']} warm-up not timed), {s['rounds']} alternating round(s). Load average "
+        f"before/after: {env['loadavg_start']} / {env['loadavg_end']} (shared machine: noisy).",
+        "",
+        "| run | triplets/s | real tokens/s | padded/real tokens | peak RSS MB | vs embedft default |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, row in summ["table"].items():
+        lines.append(
+            f"| {key} | {row['triplets_per_s']} | {row['tokens_per_s']} | {row['padding_factor']} "
+            f"| {row['peak_rss_mb']} | {row.get('speed_vs_embedft_default', '')} |"
+        )
+    r = summ["embedft_vs_st"]
+    if r:
+        lines += [
+            "",
+            f"embedft / sentence-transformers: **{r['triplets_per_s']}x** triplets/s "
+            f"(target >= 1.3: {'met' if r['target_speed_met'] else 'missed'}), peak RSS "
+            f"**{r['peak_rss']}x** (target <= 1: {'met' if r['target_rss_met'] else 'missed'}).",
+            f"First-batch loss before training (same objective check): embedft "
+            f"{r['loss_at_init']['embedft']}, sentence-transformers "
+            f"{r['loss_at_init']['sentence_transformers']}; texts cut at max length (EOS lost "
+            f"on the sentence-transformers side): {r['texts_at_max_length']}.",
+        ]
+    st_runs = [x for x in report["runs"] if x.get("framework") == "sentence-transformers"]
+    if st_runs:
+        lines += ["", f"sentence-transformers LoRA: {st_runs[0].get('lora')}."]
+    failed = [x for x in report["runs"] if "error" in x]
+    for x in failed:
+        lines.append(f"- failed: `{' '.join(x['argv'])}`: {x['error'][:300]}")
+    for name, note in report.get("skipped", {}).items():
+        lines.append(f"- {name}: {note}")
+    lines += ["", "Ablations (one switch each against embedft's default):", ""]
+    lines += [f"- `{k}`: {v[0]}" for k, v in ABLATIONS.items() if k in s["ablations"]]
+    return "\n".join(lines) + "\n"
+
+
+def environment(device: str) -> dict[str, Any]:
+    import lightning
+    import sentence_transformers
+    import torch
+
+    return {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "sentence_transformers": sentence_transformers.__version__,
+        "lightning": lightning.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2", help="a conf/model name")
+    parser.add_argument("--batch-size", type=int, default=60, help="triplets per step (paper: 60)")
+    parser.add_argument("--max-length", type=int, default=150, help="tokens (paper: 150)")
+    parser.add_argument("--steps", type=int, default=5, help="optimizer steps per run")
+    parser.add_argument("--warmup", type=int, default=1, help="first steps left out of the timing")
+    parser.add_argument("--rounds", type=int, default=2, help="embedft/ST alternations")
+    parser.add_argument("--ablations", nargs="*", default=["all"], help="all, none or names")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--rss-cap-gb", type=float, default=None, help="kill a run above this")
+    parser.add_argument("--timeout-s", type=float, default=3600, help="per run")
+    parser.add_argument("--compile-timeout-s", type=float, default=1200)
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_train.json")
+    # worker-only arguments
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--framework", default="embedft", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="default", help=argparse.SUPPRESS)
+    parser.add_argument("--override", action="append", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--sub-batch-rows", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--no-init-check", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--loadavg-start", type=float, nargs="*", default=None, help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.worker:
+        args.loadavg_start = loadavg()
+        workers = {"st": worker_st, "embedft": worker_embedft, "idle": worker_idle}
+        workers[args.framework](args)
+        return
+    run_benchmark(args)
+
+
+def common_worker_args(args) -> list[str]:
+    return [
+        f"--model={args.model}",
+        f"--batch-size={args.batch_size}",
+        f"--max-length={args.max_length}",
+        f"--steps={args.steps}",
+        f"--warmup={args.warmup}",
+        f"--device={args.device}",
+    ]
+
+
+def default_rss_cap_gb() -> float:
+    """Leave 2 GB of what the machine has available now to everyone else."""
+    with open("/proc/meminfo") as f:
+        avail_kb = next(int(x.split()[1]) for x in f if x.startswith("MemAvailable:"))
+    return round(max(1.0, avail_kb / 1024**2 - 2.0), 1)
+
+
+def run_benchmark(args) -> None:
+    ensure_triplets()
+    names = (
+        list(ABLATIONS) if args.ablations == ["all"] else [a for a in args.ablations if a != "none"]
+    )
+    unknown = [n for n in names if n not in ABLATIONS]
+    if unknown:
+        raise SystemExit(f"--ablations: unknown {unknown}; known: {list(ABLATIONS)}")
+    cap = args.rss_cap_gb or default_rss_cap_gb()
+    env = {**environment(args.device), "loadavg_start": loadavg(), "rss_cap_gb": cap}
+    common = common_worker_args(args)
+    runs: list[dict[str, Any]] = []
+
+    def run(extra: list[str], timeout_s: float | None = None) -> None:
+        result = spawn(common + extra, cap, timeout_s or args.timeout_s)
+        runs.append(result)
+        keep = (
+            "framework",
+            "variant",
+            "triplets_per_s",
+            "tokens_per_s",
+            "padding_factor",
+            "peak_rss_mb",
+            "step_s",
+            "loadavg_end",
+            "error",
+        )
+        print(json.dumps({k: result[k] for k in keep if k in result}), flush=True)
+
+    print(f"load average {loadavg()}; RSS cap {cap} GB", flush=True)
+    for _ in range(args.rounds):
+        run(["--framework=embedft", "--variant=default"])
+        run(["--framework=st"])
+    skipped = {}
+    for name in names:
+        # torch.compile may take long on CPU: a run past its budget is reported, not waited for.
+        budget = min(args.timeout_s, args.compile_timeout_s) if name == "compile" else None
+        run(["--framework=embedft", f"--variant={name}"], budget)
+    if args.device == "cpu":
+        skipped["bf16_autocast"] = (
+            "GPU only (bf16 autocast on CPU is not the paper's setting): skipped"
+        )
+    else:
+        run(["--framework=embedft", "--variant=fp32", "--precision=32-true"])
+    env["loadavg_end"] = loadavg()
+    report = {
+        "settings": {
+            "model": args.model,
+            "batch_size": args.batch_size,
+            "max_length": args.max_length,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "rounds": args.rounds,
+            "ablations": names,
+        },
+        "environment": env,
+        "runs": runs,
+        "skipped": skipped,
+        "summary": summarize(runs),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(report)
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
