@@ -173,6 +173,7 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     gradient_clip_val: float | None = None
     gradient_checkpointing: bool = False
+    pack_len: int = 128  # >0: pack texts without padding into rows of this many tokens; 0: off
     log_every_n_steps: int = 10
     compile: bool = False
     deterministic: bool = False
@@ -195,6 +196,7 @@ class TrainerConfig:
             self.accumulate_grad_batches >= 1,
             f"trainer.accumulate_grad_batches must be >= 1, got {self.accumulate_grad_batches}",
         )
+        _check(self.pack_len >= 0, f"trainer.pack_len must be >= 0 (0 = off), got {self.pack_len}")
         _check(
             self.save_every_n_steps >= 1,
             f"trainer.save_every_n_steps must be >= 1, got {self.save_every_n_steps}",

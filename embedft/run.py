@@ -184,6 +184,7 @@ def _fit_and_evaluate(cfg, dcfg, out, overrides, group, results) -> None:
         steps,
         config=OmegaConf.to_container(dcfg, resolve=True),
         grad_cache_chunk_size=cfg.loss.grad_cache_chunk_size,
+        pack_len=cfg.trainer.pack_len,
     )
     if cfg.trainer.compile:
         module.embedder.backbone = torch.compile(module.embedder.backbone)

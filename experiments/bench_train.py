@@ -1,7 +1,7 @@
 """Training throughput and peak memory: embedft vs sentence-transformers, plus embedft ablations.
 
-    python experiments/bench_train.py [--batch-size 60] [--max-length 150] [--steps 5]
-                                      [--warmup 1] [--rounds 2] [--ablations all|none|NAME ...]
+    python experiments/bench_train.py [--batch-size 60] [--max-length 150] [--steps 6]
+                                      [--warmup 1] [--rounds 3] [--ablations all|none|NAME ...]
 
 Both frameworks train smollm2 (the safetensors directory embedft converts from the GGUF) with the
 paper's LoRA (r=8, alpha=32, dropout 0.1, gaussian init, q_proj/v_proj) on the same triplets
@@ -10,7 +10,7 @@ if missing), the same batch size, max length and number of optimizer steps, fp32
 
 * embedft: the real training path: ``EmbeddingModule`` in a Lightning ``Trainer`` fed by
   ``TripletDataModule`` (config composed from ``conf/`` with Hydra overrides), logger and
-  checkpointing off, no evaluation.
+  checkpointing off, no evaluation. Its step packs the texts without padding (``pack_texts``).
 * sentence-transformers: ``SentenceTransformerTrainer`` with ``MultipleNegativesRankingLoss``
   (scale 20 = 1/tau, cosine, anchor -> positives + negatives: the paper's Eq. 1), a text-only
   ``Transformer`` module (no chat template) + ``Pooling("lasttoken")``, every text given the EOS
@@ -49,12 +49,16 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "experiments" / "results"
 TRIPLETS = REPO / "data" / "nli_triplets.csv"
 MARK = "BENCH_RESULT "  # prefix of the one JSON line a worker prints on stdout
-PACK_LEN = 128  # tokens per packed row (ablation "packed"): attention per row stays cheap
 
 # name -> (what it switches, Hydra overrides, worker hook); hooks are implemented in the worker.
 ABLATIONS: dict[str, tuple[str, list[str], str | None]] = {
+    "sub_batches": (
+        "no packing: length-sorted sub-batches of 64 rows, each padded to its own longest",
+        [],
+        "sub_batches",
+    ),
     "one_forward": (
-        "one forward of all 3B texts padded to the longest (sub_batch_rows=0)",
+        "no packing: one forward of all 3B texts padded to the longest",
         [],
         "one_forward",
     ),
@@ -67,12 +71,10 @@ ABLATIONS: dict[str, tuple[str, list[str], str | None]] = {
         "length_grouping",
     ),
     "eager": ("eager attention instead of SDPA", ["model.attn_implementation=eager"], None),
-    "compile": ("torch.compile of the backbone (trainer.compile)", ["trainer.compile=true"], None),
-    "packed": (
-        f"no padding: sequences packed into rows of <= {PACK_LEN} tokens with per-sequence "
-        "attention (bench-only, not in embedft's training path)",
-        [],
-        "packed",
+    "compile": (
+        "torch.compile of the backbone (trainer.compile); one more warm-up step for recompiling",
+        ["trainer.compile=true"],
+        None,
     ),
 }
 
@@ -231,6 +233,7 @@ class CausalLMBackbone:
             def __init__(self, lm: nn.Module) -> None:
                 super().__init__()
                 self.lm = lm
+                self.config = lm.config  # model_type: packs like the base model
 
             def forward(self, input_ids, attention_mask, position_ids):
                 out = self.lm(
@@ -286,10 +289,10 @@ def worker_embedft(args) -> None:
     datamodule.num_examples = check_data(cfg.data)
     loss_fn = InfoNCELoss(cfg.loss.temperature, cfg.loss.hard_neg)
     kwargs: dict[str, Any] = {"grad_cache_chunk_size": cfg.loss.grad_cache_chunk_size}
+    if hook in ("one_forward", "sub_batches"):
+        kwargs["pack_len"] = 0
     if hook == "one_forward":
         kwargs["sub_batch_rows"] = 0
-    elif args.sub_batch_rows is not None:
-        kwargs["sub_batch_rows"] = args.sub_batch_rows
     module_cls = module_class(hook, EmbeddingModule)
     module = module_cls(embedder, loss_fn, cfg.optim, args.steps, **kwargs)
     loss_at_init = (
@@ -297,12 +300,7 @@ def worker_embedft(args) -> None:
     )
     if cfg.trainer.compile:
         module.embedder.backbone = torch.compile(module.embedder.backbone)
-    rows = getattr(module, "sub_batch_rows", 0)
-    if hook == "columns":
-        rows = None
-    elif cfg.loss.grad_cache_chunk_size:
-        rows = cfg.loss.grad_cache_chunk_size
-    timer = StepTimer.make(rows, hook)
+    timer = StepTimer.make(lambda batch: executed_tokens(module, hook, batch))
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=1,
@@ -322,7 +320,8 @@ def worker_embedft(args) -> None:
         "framework": "embedft",
         "variant": args.variant,
         "overrides": overrides,
-        "sub_batch_rows": getattr(module, "sub_batch_rows", None),
+        "packed": module.pack_len > 0 and module.embedder.supports_packing,
+        "sub_batch_rows": module.sub_batch_rows,
         "load_s": round(load_s, 1),
         "loss_at_init": loss_at_init,
         "loss_first": timer.losses[0] if timer.losses else None,
@@ -368,9 +367,23 @@ def worker_idle(args) -> None:
     print(MARK + json.dumps(result), flush=True)
 
 
+def executed_tokens(module, hook: str | None, batch: dict[str, Any]) -> int:
+    """Tokens the step's forwards run, padding included (mirrors EmbeddingModule.embed_batch)."""
+    from embedft.module import pack_texts
+
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if module.grad_cache_chunk_size:
+        return _padded(mask, module.grad_cache_chunk_size)
+    if hook == "columns":
+        return sum(_padded(m, None) for m in _trimmed_columns(mask, batch["num_triplets"]))
+    if module.pack_len > 0 and module.embedder.supports_packing:
+        return int(pack_texts(ids, mask, module.pack_len)[0].numel())
+    return _padded(mask, module.sub_batch_rows)
+
+
 class StepTimer:
     @staticmethod
-    def make(rows: int | None, hook: str | None):
+    def make(count_executed):
         import lightning as L
 
         class Timer(L.Callback):
@@ -382,16 +395,8 @@ class StepTimer:
                 self.started = time.perf_counter()
 
             def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-                mask = batch["attention_mask"]
-                self.tokens.append(int(mask.sum()))
-                if hook == "columns":
-                    n = batch["num_triplets"]
-                    self.padded.append(sum(_padded(m, None) for m in _trimmed_columns(mask, n)))
-                elif hook == "packed":
-                    packed = packed_rows(batch["input_ids"], mask)
-                    self.padded.append(int(packed["input_ids"].numel()))
-                else:
-                    self.padded.append(_padded(mask, rows))
+                self.tokens.append(int(batch["attention_mask"].sum()))
+                self.padded.append(count_executed(batch))
 
             def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
                 self.ends.append(time.perf_counter())
@@ -405,14 +410,6 @@ def _trimmed_columns(mask, n: int):
     """The anchor, positive and negative masks, each cut to its own longest row."""
     cols = [mask[i * n : (i + 1) * n] for i in range(mask.shape[0] // n)]
     return [m[:, : int(m.sum(dim=1).max())] for m in cols]
-
-
-def packed_rows(ids, mask, pack_len: int = PACK_LEN) -> dict[str, Any]:
-    """Right-padded rows -> sequences packed into rows (``gpu_mfu.packed_batch``)."""
-    from gpu_mfu import packed_batch
-
-    seqs = [ids[i, :n].tolist() for i, n in enumerate(mask.sum(dim=1).tolist())]
-    return packed_batch(seqs, pack_len, ids.device)
 
 
 def module_class(hook: str | None, base):
@@ -432,18 +429,7 @@ def module_class(hook: str | None, base):
                 parts.append(self.embedder(ids[i * n : (i + 1) * n, :width], m[:, :width]))
             return torch.cat(parts)
 
-    class Packed(base):
-        """No padding: sequences packed into rows, attention kept within each sequence
-        (transformers builds a block-diagonal causal mask from positions that restart), the
-        EOS state of each sequence gathered."""
-
-        def embed_batch(self, batch: dict[str, Any]) -> torch.Tensor:
-            from gpu_mfu import embed_packed
-
-            packed = packed_rows(batch["input_ids"], batch["attention_mask"])
-            return embed_packed(self.embedder.backbone, packed)
-
-    return {"columns": Columns, "packed": Packed}.get(hook or "", base)
+    return Columns if hook == "columns" else base
 
 
 def worker_st(args) -> None:
@@ -701,9 +687,9 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2", help="a conf/model name")
     parser.add_argument("--batch-size", type=int, default=60, help="triplets per step (paper: 60)")
     parser.add_argument("--max-length", type=int, default=150, help="tokens (paper: 150)")
-    parser.add_argument("--steps", type=int, default=5, help="optimizer steps per run")
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=1, help="first steps left out of the timing")
-    parser.add_argument("--rounds", type=int, default=2, help="embedft/ST alternations")
+    parser.add_argument("--rounds", type=int, default=3, help="embedft/ST alternations")
     parser.add_argument("--ablations", nargs="*", default=["all"], help="all, none or names")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--rss-cap-gb", type=float, default=None, help="kill a run above this")
@@ -715,7 +701,6 @@ def main() -> None:
     parser.add_argument("--framework", default="embedft", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="default", help=argparse.SUPPRESS)
     parser.add_argument("--override", action="append", default=[], help=argparse.SUPPRESS)
-    parser.add_argument("--sub-batch-rows", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--precision", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--no-init-check", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -788,8 +773,11 @@ def run_benchmark(args) -> None:
     skipped = {}
     for name in names:
         # torch.compile may take long on CPU: a run past its budget is reported, not waited for.
-        budget = min(args.timeout_s, args.compile_timeout_s) if name == "compile" else None
-        run(["--framework=embedft", f"--variant={name}"], budget)
+        extra, budget = [], None
+        if name == "compile":  # steps 1-2 compile, then recompile for dynamic shapes
+            extra = [f"--steps={args.steps + 1}", f"--warmup={args.warmup + 1}"]
+            budget = min(args.timeout_s, args.compile_timeout_s)
+        run(["--framework=embedft", f"--variant={name}", *extra], budget)
     if args.device == "cpu":
         skipped["bf16_autocast"] = (
             "GPU only (bf16 autocast on CPU is not the paper's setting): skipped"

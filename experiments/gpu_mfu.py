@@ -15,15 +15,15 @@ Batch: the paper's 60 triplets. Lengths are sampled like SNLI (premise ~ N(14, 6
 hypotheses ~ N(8, 3.5), clipped to >= 2) plus BOS and EOS, capped at 150; a fixed seed draws a
 different batch for every step, the same batches for every configuration.
 
-A configuration is ``layout:attention[:compile]``:
+A configuration is ``layout[@pack_len]:attention[:compile]``:
 
-* layout ``pad``: one forward of the 3B texts padded to the longest (embedft before sub-batching);
-  ``sorted``: embedft's training path (``embed_in_sub_batches``: length-sorted sub-batches of
-  ``--sub-batch-rows``); ``pack``: sequences packed without padding into rows of at most
-  ``--pack-len`` tokens (first-fit decreasing), positions restarting per sequence and no attention
-  mask, so transformers masks attention per sequence (block-diagonal causal; flash-attention-2
-  uses variable-length kernels) and the EOS state of each sequence is gathered (not in embedft's
-  training path yet: this measures what it would give).
+* layout ``pad``: one forward of the 3B texts padded to the longest (embedft before packing);
+  ``sorted``: length-sorted sub-batches of ``--sub-batch-rows`` (``embed_in_sub_batches``, the
+  fallback for backbones that cannot pack); ``pack``: embedft's default training path
+  (``pack_texts`` + ``Embedder.forward_packed``): texts packed end to end without padding into
+  rows of at most ``pack_len`` tokens (default ``--pack-len``), positions restarting per text and
+  no attention mask, so transformers masks attention per text (block-diagonal causal;
+  flash-attention-2 runs variable-length kernels), the EOS state of each text gathered.
 * attention: ``sdpa`` | ``eager`` | ``flash_attention_2`` (needs the flash-attn package) |
   ``flex_attention``.
 * ``compile``: ``torch.compile`` of the backbone (warm-up steps absorb the compilation).
@@ -53,13 +53,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import AutoModel, GemmaConfig
 
 from embedft.config import LoraConfig, ModelConfig
 from embedft.loss import InfoNCELoss
 from embedft.model.embedder import Embedder, apply_lora
-from embedft.module import embed_in_sub_batches
+from embedft.module import embed_in_sub_batches, pack_texts
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BOS, EOS, PAD = 2, 1, 0  # Gemma's ids
@@ -135,50 +134,6 @@ def padded_batch(seqs: list[list[int]], device) -> dict[str, torch.Tensor]:
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
-def packed_batch(seqs: list[list[int]], pack_len: int, device) -> dict[str, torch.Tensor]:
-    """Pack sequences into rows (first-fit decreasing); positions restart at every sequence."""
-    cap = max(pack_len, max(len(s) for s in seqs))
-    rows: list[list[int]] = []  # sequence indices per row
-    room: list[int] = []
-    for k in sorted(range(len(seqs)), key=lambda k: -len(seqs[k])):
-        fit = next((j for j, free in enumerate(room) if free >= len(seqs[k])), None)
-        if fit is None:
-            rows.append([])
-            room.append(cap)
-            fit = len(rows) - 1
-        rows[fit].append(k)
-        room[fit] -= len(seqs[k])
-    width = max(cap - free for free in room)
-    ids = torch.full((len(rows), width), PAD, dtype=torch.long)
-    pos = torch.zeros((len(rows), width), dtype=torch.long)
-    eos_row, eos_col = (
-        torch.zeros(len(seqs), dtype=torch.long),
-        torch.zeros(len(seqs), dtype=torch.long),
-    )
-    for r, members in enumerate(rows):
-        at = 0
-        for k in members:
-            n = len(seqs[k])
-            ids[r, at : at + n] = torch.tensor(seqs[k])
-            pos[r, at : at + n] = torch.arange(n)
-            eos_row[k], eos_col[k] = r, at + n - 1
-            at += n
-        pos[r, at:] = torch.arange(width - at)  # the tail is one more (ignored) sequence
-    return {
-        "input_ids": ids.to(device),
-        "position_ids": pos.to(device),
-        "eos_row": eos_row.to(device),
-        "eos_col": eos_col.to(device),
-    }
-
-
-def embed_packed(backbone, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    hidden = backbone(
-        input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=None
-    ).last_hidden_state  # (R, W, H)
-    return F.normalize(hidden[batch["eos_row"], batch["eos_col"]].float(), dim=-1)  # (3B, H)
-
-
 def build(args) -> tuple[Embedder, GemmaConfig]:
     device, dtype = torch.device(args.device), torch.bfloat16 if args.bf16 else torch.float32
     config = GemmaConfig(**(TINY if args.tiny else GEMMA_2B), attn_implementation="sdpa")
@@ -200,9 +155,11 @@ def build(args) -> tuple[Embedder, GemmaConfig]:
     return Embedder(backbone.to(device), tokenizer=None, pooling="last"), config
 
 
-def executed_tokens(layout: str, batch: dict[str, torch.Tensor], rows: int) -> int:
+def executed_tokens(layout: str, batch: dict[str, torch.Tensor], rows: int, pack_len: int) -> int:
     """Tokens the forward runs, padding included."""
-    if layout != "sorted":
+    if layout == "pack":
+        return int(pack_texts(batch["input_ids"], batch["attention_mask"], pack_len)[0].numel())
+    if layout == "pad":
         return int(batch["input_ids"].numel())
     lengths = batch["attention_mask"].sum(dim=1).sort(descending=True).values
     return sum(int(chunk[0]) * len(chunk) for chunk in lengths.split(rows))
@@ -211,8 +168,10 @@ def executed_tokens(layout: str, batch: dict[str, torch.Tensor], rows: int) -> i
 def run_config(embedder: Embedder, config, spec: str, batches, args) -> dict[str, Any]:
     """Time ``args.steps`` training steps (after ``args.warmup``) of one configuration."""
     layout, attn, *rest = spec.split(":")
+    layout, _, pack_len = layout.partition("@")
     if layout not in ("pad", "sorted", "pack"):
-        raise ValueError(f"--configs {spec!r}: layout must be pad, sorted or pack")
+        raise ValueError(f"--configs {spec!r}: layout must be pad, sorted or pack[@tokens]")
+    args = argparse.Namespace(**{**vars(args), "pack_len": int(pack_len or args.pack_len)})
     base = embedder.backbone.get_base_model()
     base.set_attn_implementation(attn)
     try:
@@ -234,19 +193,16 @@ def _timed_steps(embedder, config, layout, use_compile, batches, args) -> dict[s
     loss_fn = InfoNCELoss(temperature=0.05, hard_neg=True)
     params = [p for p in embedder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=5e-5, weight_decay=1e-4)
-    pack = layout == "pack"
     rows = 0 if layout == "pad" else args.sub_batch_rows
-    prepared = [
-        packed_batch(seqs, args.pack_len, device) if pack else padded_batch(seqs, device)
-        for seqs in batches
-    ]
+    prepared = [padded_batch(seqs, device) for seqs in batches]  # what the collator hands over
 
     def step(batch) -> None:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            if pack:
-                emb = embed_packed(backbone, batch)  # (3B, H)
+            if layout == "pack":  # packing inside the step, as EmbeddingModule.embed_batch does
+                emb = model.forward_packed(*pack_texts(ids, mask, args.pack_len))  # (3B, H)
             else:
-                emb = embed_in_sub_batches(model, batch["input_ids"], batch["attention_mask"], rows)
+                emb = embed_in_sub_batches(model, ids, mask, rows)
             n = args.batch
             loss = loss_fn(emb[:n], emb[n : 2 * n], emb[2 * n :])
         loss.backward()
@@ -266,7 +222,7 @@ def _timed_steps(embedder, config, layout, use_compile, batches, args) -> dict[s
         timings.append(time.perf_counter() - started)
     timed, seconds = slice(args.warmup, None), sum(timings[args.warmup :])
     real = sum(sum(len(s) for s in seqs) for seqs in batches[timed])
-    executed = sum(executed_tokens(layout, b, rows) for b in prepared[timed])
+    executed = sum(executed_tokens(layout, b, rows, args.pack_len) for b in prepared[timed])
     flops = sum(step_flops(config, [len(s) for s in seqs], 8) for seqs in batches[timed])
     steps = len(timings) - args.warmup
     peak = args.peak_tflops * 1e12 if args.peak_tflops else None
@@ -293,9 +249,10 @@ def check_packing(embedder: Embedder, batches, args) -> float:
     seqs = batches[0]
     device = torch.device(args.device)
     embedder.eval()
+    batch = padded_batch(seqs, device)
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-        padded = embedder(**padded_batch(seqs, device))
-        packed = embed_packed(embedder.backbone, packed_batch(seqs, args.pack_len, device))
+        padded = embedder(**batch)
+        packed = embedder.forward_packed(*pack_texts(**batch, pack_len=args.pack_len))
     embedder.train()
     return float((padded - packed).abs().max())
 
@@ -307,7 +264,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=150)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--pack-len", type=int, default=1024, help="tokens per packed row")
+    parser.add_argument("--pack-len", type=int, default=128, help="tokens per packed row")
     parser.add_argument("--sub-batch-rows", type=int, default=64)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=None)
@@ -317,9 +274,14 @@ def main() -> None:
     args = parser.parse_args()
     args.bf16 = args.device.startswith("cuda")
     if args.configs is None:
-        args.configs = ["sorted:sdpa", "pad:sdpa", "pack:sdpa", "pack:sdpa:compile"]
+        args.configs = ["pack:sdpa", "sorted:sdpa", "pad:sdpa", "pack:sdpa:compile"]
         if args.bf16:
-            args.configs += ["pack:flash_attention_2", "pack:flex_attention:compile"]
+            args.configs += [
+                "pack@512:sdpa",
+                "pack@512:sdpa:compile",
+                "pack@1024:flash_attention_2",
+                "pack@1024:flex_attention:compile",
+            ]
 
     rng = torch.Generator().manual_seed(7)
     embedder, config = build(args)

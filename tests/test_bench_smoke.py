@@ -1,10 +1,12 @@
 """The benchmark scripts run (tiny models, no timing assertions) and what they measure is exact.
 
-* Length-sorted sub-batches (``embed_in_sub_batches``, the training step's default since the
-  training benchmark) give the embeddings and LoRA gradients of one padded forward, and the
-  gradient-cached step with sorted chunks gives the full-batch gradients.
-* ``experiments/gpu_mfu.py``: the FLOP count on a hand-sized model, sequence packing gives the
-  padded embeddings, and the script runs on CPU in its tiny mode.
+* The layouts the training step uses to avoid padding (found with experiments/bench_train.py)
+  compute what one padded forward computes: texts packed without padding (``pack_texts`` +
+  ``Embedder.forward_packed``, the default, for every packable family), length-sorted
+  sub-batches (``embed_in_sub_batches``, the fallback), and the gradient-cached step with
+  length-sorted chunks; embeddings and LoRA gradients alike.
+* ``experiments/gpu_mfu.py``: the FLOP count on a hand-sized model; the script runs on CPU in its
+  tiny mode.
 * ``experiments/bench_train.py`` and ``bench_memory.py`` run end to end on tiny_llama (slow).
 """
 
@@ -20,7 +22,8 @@ import torch
 
 from embedft.config import OptimConfig
 from embedft.loss import InfoNCELoss
-from embedft.module import EmbeddingModule, embed_in_sub_batches
+from embedft.model.embedder import Embedder
+from embedft.module import EmbeddingModule, embed_in_sub_batches, pack_texts
 from embedft.paths import repo_root
 from tests.conftest import make_embedder
 
@@ -100,6 +103,77 @@ def test_grad_cache_step_with_sorted_chunks_equals_full_batch():
         torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-4)
 
 
+def test_pack_texts_layout_by_hand():
+    # Given texts of 3 and 2 tokens (right padded) and of 3 tokens (left padded); EOS id 2
+    ids = torch.tensor([[11, 12, 2, 0], [21, 2, 0, 0], [0, 31, 32, 2]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [0, 1, 1, 1]])
+    # When they are packed into rows of at most 6 tokens, longest first (ties in input order)
+    packed, positions, last = pack_texts(ids, mask, pack_len=6)
+    # Then texts 0 and 2 fill row 0, text 1 starts row 1; positions restart at every text
+    assert packed.tolist() == [[11, 12, 2, 31, 32, 2], [21, 2, 0, 0, 0, 0]]
+    assert positions.tolist() == [[0, 1, 2, 0, 1, 2], [0, 1, 0, 0, 0, 0]]
+    # and each text's EOS is found at (row, column)
+    assert last.tolist() == [[0, 1, 0], [2, 1, 5]]
+
+
+FAMILIES = ["tiny_llama", "tiny_gemma", "tiny_gemma3", "tiny_phi", "tiny_minicpm"]
+
+
+def _model_cfg(name):
+    from hydra import compose, initialize_config_dir
+
+    from embedft.config import to_object
+    from embedft.paths import conf_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return to_object(compose("run", [f"model={name}"]).model)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_packed_texts_embed_as_padded_ones_in_every_family(name):
+    # Given a LoRA embedder of each packable family (no dropout, B non-zero) and texts of
+    # very different lengths; tiny_gemma3 has a sliding window of 8 tokens, shorter than some
+    from embedft.config import LoraConfig
+    from embedft.model.embedder import build_embedder
+
+    def make():
+        torch.manual_seed(0)
+        embedder = build_embedder(_model_cfg(name), LoraConfig(dropout=0.0)).train()
+        with torch.no_grad():
+            for n, p in embedder.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.1)
+        return embedder
+
+    padded_model, packed_model = make(), make()
+    assert packed_model.supports_packing
+    batch = padded_model.tokenize(ANCHORS + POSITIVES + NEGATIVES)
+    # When one embeds the padded rows and the other the same texts packed 20 tokens a row
+    padded = padded_model(batch["input_ids"], batch["attention_mask"])
+    packed = packed_model.forward_packed(*pack_texts(**batch, pack_len=20))
+    # Then every embedding and every LoRA gradient agree
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
+    InfoNCELoss()(*padded.split(3)).backward()
+    InfoNCELoss()(*packed.split(3)).backward()
+    _assert_same_grads(padded_model, packed_model)
+
+
+def test_training_step_packs_when_the_backbone_can_and_sub_batches_otherwise():
+    embedder = make_embedder()  # tiny Llama, last-token pooling
+    module = EmbeddingModule(embedder, InfoNCELoss(), OptimConfig(), 10, sub_batch_rows=2)
+    batch = _batch(embedder)
+    expected = embedder(batch["input_ids"], batch["attention_mask"]).detach()
+    calls = []
+    embedder.forward_packed = lambda *a: (
+        calls.append("packed") or Embedder.forward_packed(embedder, *a)
+    )
+    torch.testing.assert_close(module.embed_batch(batch), expected, atol=1e-5, rtol=1e-4)
+    assert calls == ["packed"]
+    embedder.pooling = "mean"  # mean pooling cannot read one token per text: sub-batches
+    assert not embedder.supports_packing
+    assert module.embed_batch(batch).shape == expected.shape and calls == ["packed"]
+
+
 def _load(script: str):
     path = repo_root() / "experiments" / f"{script}.py"
     spec = importlib.util.spec_from_file_location(script, path)
@@ -127,17 +201,6 @@ def test_gpu_mfu_flop_count_by_hand():
     # attention fwd 2*2*(3*4/2)*4 = 96, bwd 192; LoRA q (4+4) + v (4+2) = 14 per rank,
     # fwd 2*1*14*3 = 84, bwd 168
     assert gpu_mfu.step_flops(cfg, [3], r=1) == 864 * 2 + 96 * 3 + 84 * 3
-
-
-def test_gpu_mfu_packing_puts_every_sequence_in_one_row_with_its_own_positions():
-    gpu_mfu = _load("gpu_mfu")
-    seqs = [[2, 5, 1], [2, 1], [2, 6, 7, 1]]
-    packed = gpu_mfu.packed_batch(seqs, pack_len=6, device="cpu")
-    # first-fit decreasing: [seq 2 (4 tokens), seq 1 (2)] and [seq 0 (3), 3 tail positions]
-    assert packed["input_ids"].tolist() == [[2, 6, 7, 1, 2, 1], [2, 5, 1, 0, 0, 0]]
-    assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1], [0, 1, 2, 0, 1, 2]]
-    assert packed["eos_row"].tolist() == [1, 0, 0]
-    assert packed["eos_col"].tolist() == [2, 5, 3]
 
 
 def _script(args, timeout=900):
@@ -181,7 +244,7 @@ def test_bench_train_runs_tiny_and_both_frameworks_compute_the_same_loss(tmp_pat
     out = tmp_path / "bench_train.json"
     _script(
         ["experiments/bench_train.py", "--model=tiny_llama", "--batch-size=4", "--max-length=512",
-         "--steps=2", "--warmup=1", "--rounds=1", "--ablations", "three_forwards", "lm_head",
+         "--steps=2", "--warmup=1", "--rounds=1", "--ablations", "sub_batches", "lm_head",
          f"--out={out}"]
     )  # fmt: skip
     report = json.loads(out.read_text())
@@ -191,7 +254,11 @@ def test_bench_train_runs_tiny_and_both_frameworks_compute_the_same_loss(tmp_pat
     # same texts, same tokens, same objective on the same (untrained) embeddings
     assert ours["real_tokens"] == st["real_tokens"] and st["texts_at_max_length"] == 0
     assert ours["loss_at_init"] == pytest.approx(st["loss_at_init"], abs=1e-4)
-    assert runs["embedft:lm_head"]["loss_at_init"] == pytest.approx(ours["loss_at_init"], abs=1e-4)
+    for variant in ("lm_head", "sub_batches"):  # other layouts, the same embeddings
+        assert runs[f"embedft:{variant}"]["loss_at_init"] == pytest.approx(
+            ours["loss_at_init"], abs=1e-4
+        )
+    assert ours["packed"] and not runs["embedft:sub_batches"]["packed"]
     assert report["summary"]["embedft_vs_st"]["triplets_per_s"] > 0
     assert (tmp_path / "bench_train.md").is_file()
 

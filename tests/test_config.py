@@ -48,6 +48,7 @@ def test_defaults_are_the_papers_recipe():
         ("model.pooling=max", "model.pooling must be one of ['last', 'mean'], got 'max'"),
         ("eval.tasks=[STS99]", "eval.tasks has unknown ['STS99']"),
         ("trainer.max_steps=0", "trainer.max_steps must be > 0 or -1"),
+        ("trainer.pack_len=-1", "trainer.pack_len must be >= 0"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(override, message):

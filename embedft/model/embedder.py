@@ -4,6 +4,7 @@
 vocabulary logits and no per-layer hidden states are ever computed) with SDPA attention, wraps it
 in peft LoRA adapters when asked, and freezes everything else. ``Embedder.forward`` maps token ids
 to unit-length embeddings; ``Embedder.tokenize`` appends EOS the way the paper embeds text.
+``Embedder.forward_packed`` embeds texts packed end to end without padding (training's default).
 ``load_embedder_from_checkpoint`` rebuilds one from a training checkpoint (config + LoRA weights).
 """
 
@@ -26,6 +27,10 @@ from embedft.model.tokenize import tokenize_with_eos
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Model types whose transformers forward keeps packed texts apart: given no attention mask and
+# positions that restart at 0 for every text, it masks attention per text (block-diagonal causal).
+# tests/test_bench_smoke.py checks packed == padded embeddings for each of these families.
+PACKABLE_MODEL_TYPES = ("llama", "gemma", "gemma3_text", "phi", "minicpm")
 
 
 def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
@@ -71,6 +76,26 @@ class Embedder(nn.Module):
         )
         hidden = out.last_hidden_state  # (B, T, H)
         return F.normalize(pool(hidden, attention_mask, self.pooling).float(), dim=-1)
+
+    @property
+    def supports_packing(self) -> bool:
+        """Last-token pooling on a backbone that masks packed texts apart (see forward_packed)."""
+        model_type = getattr(self.backbone.config, "model_type", None)
+        return self.pooling == "last" and model_type in PACKABLE_MODEL_TYPES
+
+    def forward_packed(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, last_token: torch.Tensor
+    ) -> torch.Tensor:
+        """Embeddings (N, H) of N texts packed end to end in rows, with no padding.
+
+        ``position_ids`` (R, W) restart at 0 at every text: with no attention mask, transformers
+        then lets each token attend to earlier tokens of its own text only. ``last_token`` (2, N)
+        holds the row and column of each text's last token (its EOS). See
+        ``embedft.module.pack_texts``.
+        """
+        out = self.backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=None)
+        hidden = out.last_hidden_state  # (R, W, H)
+        return F.normalize(hidden[last_token[0], last_token[1]].float(), dim=-1)
 
     @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
