@@ -28,6 +28,16 @@ step base_decoders "$PY" -m embedft.evaluate -m model="$MODELS" model.dtype=bflo
 step base_minilm "$PY" -m embedft.evaluate -m model=minilm hydra.sweep.dir=multirun/offline_base/minilm
 step finetune "$PY" -m embedft.run -m experiment=offline_finetune model="$MODELS"
 step report "$PY" -m embedft.report multirun/offline_base multirun/offline_finetune --out "$OUT"
+# Keep every job's results.json, config.yaml and training metrics next to the report (the run dirs
+# also hold checkpoints and stay out of git): `python -m embedft.report $OUT/jobs` rebuilds it.
+rm -rf "$OUT/jobs"
+for job in multirun/offline_base/*/*/ multirun/offline_finetune/*/; do
+  [ -f "$job/results.json" ] || continue
+  dest="$OUT/jobs/${job#multirun/}"
+  mkdir -p "$dest"
+  cp "$job/results.json" "$dest/"
+  for f in config.yaml csv/metrics.csv; do [ -f "$job/$f" ] && cp "$job/$f" "$dest/"; done
+done
 
 MODELS=$MODELS "$PY" - "$OUT/run_info.json" "${WALL[base_decoders]}" "${WALL[base_minilm]}" "${WALL[finetune]}" "${WALL[report]}" <<'PYEOF'
 import json, os, platform, sys
@@ -38,6 +48,7 @@ models = os.environ.get("MODELS", "smollm2,gemma3_270m")
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 info = {
     "decoders": models.split(","),
+    "git_commit": os.popen("git rev-parse --short HEAD").read().strip(),
     "wall_time_s": dict(zip(names, map(int, walls))),
     "total_wall_time_s": sum(map(int, walls)),
     "machine": {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
