@@ -372,11 +372,19 @@ def executed_tokens(module, hook: str | None, batch: dict[str, Any]) -> int:
     from embedft.module import pack_texts
 
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    if module.grad_cache_chunk_size:
-        return _padded(mask, module.grad_cache_chunk_size)
+    packs = module.pack_len > 0 and module.embedder.supports_packing
+    if module.grad_cache_chunk_size:  # length-sorted chunks, each packed or padded (one pass)
+        chunk = module.grad_cache_chunk_size
+        if not packs:
+            return _padded(mask, chunk)
+        order = mask.sum(dim=1).argsort(descending=True, stable=True)
+        return sum(
+            int(pack_texts(ids[rows], mask[rows], module.pack_len)[0].numel())
+            for rows in order.split(chunk)
+        )
     if hook == "columns":
         return sum(_padded(m, None) for m in _trimmed_columns(mask, batch["num_triplets"]))
-    if module.pack_len > 0 and module.embedder.supports_packing:
+    if packs:
         return int(pack_texts(ids, mask, module.pack_len)[0].numel())
     return _padded(mask, module.sub_batch_rows)
 
