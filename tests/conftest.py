@@ -76,6 +76,25 @@ def make_embedder(lora: bool = True, seed: int = 0, dropout: float = 0.0):
     return Embedder(backbone, make_tokenizer(), pooling="last", append_eos=True, max_length=16)
 
 
+def triplet_batch(embedder, anchors, positives, negatives) -> dict:
+    """The collator's layout: anchors, positives, negatives stacked, tokenized, ``num_triplets``."""
+    batch = embedder.tokenize(anchors + positives + negatives)
+    batch["num_triplets"] = len(anchors)
+    return batch
+
+
+def lora_grads(module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def assert_same_grads(a, b) -> None:
+    """Both modules hold gradients for the same parameters, equal within fp32 noise."""
+    g_a, g_b = lora_grads(a), lora_grads(b)
+    assert g_a and g_a.keys() == g_b.keys()
+    for name in g_a:
+        torch.testing.assert_close(g_b[name], g_a[name], atol=1e-5, rtol=1e-4)
+
+
 @pytest.fixture
 def tokenizer():
     return make_tokenizer()

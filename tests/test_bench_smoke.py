@@ -25,7 +25,7 @@ from embedft.loss import InfoNCELoss
 from embedft.model.embedder import Embedder
 from embedft.module import EmbeddingModule, embed_in_sub_batches, pack_texts
 from embedft.paths import repo_root
-from tests.conftest import make_embedder
+from tests.conftest import assert_same_grads, lora_grads, make_embedder, triplet_batch
 
 # Lengths differ a lot on purpose: sub-batches then cut different amounts of padding.
 ANCHORS = ["a man is playing guitar in the park", "a dog", "two people sitting on a red bench"]
@@ -34,20 +34,7 @@ NEGATIVES = ["nobody", "a cat is sleeping inside the car", "nobody is there"]
 
 
 def _batch(embedder):
-    batch = embedder.tokenize(ANCHORS + POSITIVES + NEGATIVES)
-    batch["num_triplets"] = len(ANCHORS)
-    return batch
-
-
-def _grads(embedder):
-    return {n: p.grad.clone() for n, p in embedder.named_parameters() if p.grad is not None}
-
-
-def _assert_same_grads(a, b):
-    g_a, g_b = _grads(a), _grads(b)
-    assert g_a and g_a.keys() == g_b.keys()
-    for name in g_a:
-        torch.testing.assert_close(g_b[name], g_a[name], atol=1e-5, rtol=1e-4)
+    return triplet_batch(embedder, ANCHORS, POSITIVES, NEGATIVES)
 
 
 @pytest.mark.parametrize("rows", [1, 2, 4])
@@ -63,7 +50,7 @@ def test_sorted_sub_batches_equal_one_padded_forward(rows):
     torch.testing.assert_close(emb_split, emb_one, atol=1e-5, rtol=1e-4)
     loss_fn(*emb_one.split(3)).backward()
     loss_fn(*emb_split.split(3)).backward()
-    _assert_same_grads(one, split)
+    assert_same_grads(one, split)
 
 
 class _CapturingOptimizer:
@@ -97,7 +84,7 @@ def test_grad_cache_step_with_sorted_chunks_equals_full_batch():
     # Then loss and the gradients handed to the optimizer are the full-batch ones
     assert loss.item() == pytest.approx(plain_loss.item(), abs=1e-5)
     names = [n for n, p in cached.named_parameters() if p.requires_grad]
-    expected = dict(_grads(plain))
+    expected = dict(lora_grads(plain))
     assert len(names) == len(opt.grads) == len(expected)
     for name, grad in zip(names, opt.grads, strict=True):
         torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-4)
@@ -155,7 +142,7 @@ def test_packed_texts_embed_as_padded_ones_in_every_family(name):
     torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
     InfoNCELoss()(*padded.split(3)).backward()
     InfoNCELoss()(*packed.split(3)).backward()
-    _assert_same_grads(padded_model, packed_model)
+    assert_same_grads(padded_model, packed_model)
 
 
 def test_training_step_packs_when_the_backbone_can_and_sub_batches_otherwise():

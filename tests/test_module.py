@@ -7,7 +7,7 @@ from embedft.config import OptimConfig
 from embedft.grad_cache import grad_cache_backward
 from embedft.loss import InfoNCELoss
 from embedft.module import EmbeddingModule, warmup_cosine
-from tests.conftest import make_embedder
+from tests.conftest import assert_same_grads, lora_grads, make_embedder, triplet_batch
 
 ANCHORS = ["a man is playing guitar", "a dog is running in the park", "two people sitting"]
 POSITIVES = ["a man plays music", "a dog is outside", "people sitting on a bench"]
@@ -15,13 +15,7 @@ NEGATIVES = ["nobody is playing", "a cat is sleeping inside", "nobody is there"]
 
 
 def _batch(embedder):
-    batch = embedder.tokenize(ANCHORS + POSITIVES + NEGATIVES)
-    batch["num_triplets"] = len(ANCHORS)
-    return batch
-
-
-def _grads(embedder):
-    return {n: p.grad.clone() for n, p in embedder.named_parameters() if p.grad is not None}
+    return triplet_batch(embedder, ANCHORS, POSITIVES, NEGATIVES)
 
 
 def test_gradients_reach_only_lora_parameters():
@@ -30,7 +24,7 @@ def test_gradients_reach_only_lora_parameters():
     batch = _batch(embedder)
     emb = embedder(batch["input_ids"], batch["attention_mask"])
     module.loss_from_embeddings(emb, batch).backward()
-    grads = _grads(embedder)
+    grads = lora_grads(embedder)
     assert grads, "no gradient at all"
     assert all("lora_" in name for name in grads)
     assert all(g.abs().sum() > 0 for g in grads.values())
@@ -43,13 +37,6 @@ def _loss_of(loss_fn, n, hard_neg):
         return loss_fn(emb[:n], emb[n : 2 * n], emb[2 * n :] if hard_neg else None)
 
     return loss_of
-
-
-def _assert_same_grads(a, b):
-    g_a, g_b = _grads(a), _grads(b)
-    assert g_a and g_a.keys() == g_b.keys()
-    for name in g_a:
-        torch.testing.assert_close(g_b[name], g_a[name], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 4, 9])
@@ -68,7 +55,7 @@ def test_grad_cache_equals_full_batch_backward(chunk, hard_neg):
     )
     # Then loss and every LoRA gradient agree (fp32)
     assert cached_loss.item() == pytest.approx(plain_loss.item(), abs=1e-5)
-    _assert_same_grads(plain, cached)
+    assert_same_grads(plain, cached)
 
 
 def test_grad_cache_replays_dropout_masks():
@@ -92,7 +79,7 @@ def test_grad_cache_replays_dropout_masks():
         cached, batch["input_ids"], batch["attention_mask"], loss_of, 2
     )
     assert cached_loss.item() == pytest.approx(plain_loss.item(), abs=1e-5)
-    _assert_same_grads(plain, cached)
+    assert_same_grads(plain, cached)
 
 
 def test_warmup_then_cosine_to_zero():
