@@ -12,6 +12,7 @@ Arguments (key=value):
   batch_size=64      texts per forward pass
   device=auto        auto (cuda when available) | cpu | cuda | cuda:N
   max_length=0       0: the model's own; else cut texts to this many tokens
+  trust_remote_code=false   true: let the model run code shipped with it (never read from ckpt)
 
 Embeddings are L2-normalised. A progress bar goes to stderr. Texts are encoded longest first,
 each distinct text once (``embedft.eval.encoder.encode_texts``), and written in input order.
@@ -19,6 +20,7 @@ each distinct text once (``embedft.eval.encoder.encode_texts``), and written in 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
@@ -41,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 64,
     "device": "auto",
     "max_length": 0,
+    "trust_remote_code": False,
 }
 OUTPUT_SUFFIXES = (".npy", ".jsonl")
 
@@ -53,12 +56,33 @@ def read_records(source: str, input_format: str, text_field: str) -> list[dict[s
     if fmt not in ("txt", "jsonl"):
         raise UsageError(f"input_format must be auto, txt or jsonl, got {input_format!r}")
     if source == "-":
-        return _parse(sys.stdin, fmt, text_field, "stdin")
-    path = Path(source)
-    if not path.is_file():
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+    elif not Path(source).is_file():
         raise FileNotFoundError(f"input={source}: file not found")
-    with open(path, encoding="utf-8") as handle:
-        return _parse(handle, fmt, text_field, str(path))
+    else:
+        data = Path(source).read_bytes()
+    text = _as_text(data, source, fmt)
+    # newline=None: \r\n and \r end lines too, as open() in text mode reads them.
+    name = "stdin" if source == "-" else source
+    return _parse(io.StringIO(text, newline=None), fmt, text_field, name)
+
+
+def _as_text(data: bytes | str, source: str, fmt: str) -> str:
+    """``data`` as text, or one error naming the input, where it fails and what is expected."""
+    expected = "UTF-8 JSON lines" if fmt == "jsonl" else "UTF-8 text with one sentence per line"
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = data.count(b"\n", 0, err.start) + 1
+            raise ValueError(
+                f"input={source}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+                f"{err.start}, line {line}); expected {expected}"
+            ) from None
+    if "\x00" in data:
+        line = data.count("\n", 0, data.index("\x00")) + 1
+        raise ValueError(f"input={source}: binary (NUL byte on line {line}); expected {expected}")
+    return data
 
 
 def _parse(handle: TextIO, fmt: str, text_field: str, name: str) -> list[dict[str, Any]]:
@@ -127,7 +151,7 @@ def load(args: dict[str, Any]) -> Any:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if args["ckpt"]:
-        embedder = load_embedder(args["ckpt"], device)
+        embedder = load_embedder(args["ckpt"], device, trust_remote_code=args["trust_remote_code"])
     else:
         embedder = build_embedder(base_model_config(args["model"]), None, device=device)
     if args["max_length"]:

@@ -2,8 +2,10 @@
 
 Without ``ckpt`` the base model named by ``model`` is scored (no LoRA); with ``ckpt`` the
 fine-tuned model a training run saved (its own model config + adapters; ``model=`` is then
-ignored). ``eval.tasks=[STSBenchmark,SICK-R]`` picks tasks, ``eval.source=hub`` reads MTEB's
-datasets from the hub instead of the offline copies under ``paths.data_dir``.
+ignored, except that ``model.trust_remote_code=true`` lets the checkpoint's model run its own
+code: the checkpoint itself can never switch that on). ``eval.tasks=[STSBenchmark,SICK-R]``
+picks tasks, ``eval.source=hub`` reads MTEB's datasets from the hub instead of the offline
+copies under ``paths.data_dir``.
 
 Prints a Markdown table (Spearman x 100 per task and the average) and writes ``results.md`` and
 ``results.json`` (kind "evaluate"; the format run.py writes) into the Hydra run directory.
@@ -21,6 +23,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from embedft.checkpoint import load_checkpoint
 from embedft.config import EvaluateConfig, to_object
 from embedft.eval.sts import load_tasks, score_pairs
 from embedft.tracking import write_json
@@ -36,9 +39,9 @@ def resolve_device(name: str) -> str:
 
 
 def checkpoint_model_name(ckpt_path: str | Path) -> str | None:
-    """The model name stored in a training checkpoint, read without loading its tensors."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
-    return ckpt.get("embedft_config", {}).get("model", {}).get("name")
+    """The model name stored in a training checkpoint (memory-mapped: tensors are not read)."""
+    model = load_checkpoint(ckpt_path)["embedft_config"].get("model")
+    return model.get("name") if isinstance(model, dict) else None
 
 
 def markdown_table(scores: dict[str, float], label: str) -> str:
@@ -76,7 +79,9 @@ def evaluate(dcfg: DictConfig) -> dict[str, Any]:
         pairs = load_tasks(cfg.eval.tasks, cfg.paths.data_dir, cfg.eval.split, cfg.eval.source)
         started = time.perf_counter()
         if cfg.ckpt:
-            embedder = load_embedder_from_checkpoint(cfg.ckpt, device)
+            embedder = load_embedder_from_checkpoint(
+                cfg.ckpt, device, trust_remote_code=cfg.model.trust_remote_code
+            )
             results["model"] = checkpoint_model_name(cfg.ckpt) or cfg.model.name
         else:
             embedder = build_embedder(cfg.model, None, device=device)

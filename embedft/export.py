@@ -2,7 +2,9 @@
 
 Arguments (key=value): ``ckpt`` (required), ``out`` (required), ``merge=true|false`` (default
 true), ``overwrite=true|false`` (default false), ``dtype=auto|float32|bfloat16|float16`` (weights
-of the merged model; auto: the dtype the base model is stored in). ``--help`` prints this text.
+of the merged model; auto: the dtype the base model is stored in), ``trust_remote_code=true|false``
+(default false: let the base model run its own code; never read from the checkpoint). ``--help``
+prints this text.
 
 Layout of ``out`` (``DIR`` is what ``SentenceTransformer(DIR)`` loads)::
 
@@ -23,7 +25,9 @@ truncation reserves its place, so EOS survives it, as in ``embedft.model.tokeniz
 is not wrapped around the text. An export is written into a temporary sibling directory and
 renamed into place: an interrupted export leaves no partial ``DIR``.
 
-``load_embedder(path)`` loads an ``Embedder`` from a checkpoint file or an export directory.
+``load_embedder(path)`` loads an ``Embedder`` from a checkpoint file or an export directory; the
+checkpoint is read as plain data (``embedft.checkpoint``) and neither it nor ``embedft.json`` can
+switch on ``trust_remote_code``.
 """
 
 from __future__ import annotations
@@ -41,11 +45,16 @@ from typing import Any
 
 import torch
 import yaml
-from omegaconf import OmegaConf
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
+from embedft.checkpoint import CheckpointError, load_checkpoint
 from embedft.config import ModelConfig
-from embedft.model.embedder import Embedder, build_embedder, load_embedder_from_checkpoint
+from embedft.model.embedder import (
+    Embedder,
+    build_embedder,
+    load_embedder_from_checkpoint,
+    saved_model_config,
+)
 
 log = logging.getLogger("embedft.export")
 
@@ -122,20 +131,21 @@ def export_checkpoint(
     merge: bool = True,
     overwrite: bool = False,
     dtype: str = "auto",
+    trust_remote_code: bool = False,
 ) -> Path:
     """Write the export of ``ckpt`` into ``out`` (layout: module docstring); returns ``out``."""
     ckpt, out = Path(ckpt), Path(out)
     if dtype not in EXPORT_DTYPES:
         raise ValueError(f"dtype must be one of {list(EXPORT_DTYPES)}, got {dtype!r}")
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"ckpt={ckpt}: checkpoint file not found")
+    saved = load_checkpoint(ckpt)
     check_destination(out, overwrite, ckpt)
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-    config = saved.get("embedft_config") or {}
-    embedder = load_embedder_from_checkpoint(ckpt)
+    config = saved["embedft_config"]
+    model_cfg = saved_model_config(
+        config.get("model"), f"ckpt={ckpt}", trust_remote_code=trust_remote_code
+    )
+    embedder = load_embedder_from_checkpoint(ckpt, model_override=model_cfg)
     if not hasattr(embedder.backbone, "peft_config"):
         raise ValueError(f"ckpt={ckpt}: the model has no LoRA adapter to export")
-    model_cfg = _model_config(config["model"])
     base = _base_model_id(model_cfg)
     results = _run_results(ckpt)
 
@@ -205,10 +215,6 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)  # an empty ``out`` is replaced by the rename itself
-
-
-def _model_config(cfg: dict[str, Any]) -> ModelConfig:
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg))
 
 
 def _base_model_id(model_cfg: ModelConfig) -> str:
@@ -498,19 +504,34 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / METADATA_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not an embedft export (no {METADATA_FILE})")
-    meta = json.loads(path.read_text())
-    if meta.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {EXPORT_FORMAT}")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    found = meta.get("format") if isinstance(meta, dict) else None
+    if found != EXPORT_FORMAT:
+        raise ValueError(f"{path}: format {found!r}, expected {EXPORT_FORMAT}")
     return meta
 
 
 def load_exported_embedder(
-    directory: str | Path, device: str | torch.device = "cpu", use_adapter: bool = False
+    directory: str | Path,
+    device: str | torch.device = "cpu",
+    use_adapter: bool = False,
+    *,
+    trust_remote_code: bool = False,
 ) -> Embedder:
-    """An ``Embedder`` from an export: the merged model, or base model + ``adapter/``."""
+    """An ``Embedder`` from an export: the merged model, or base model + ``adapter/``.
+
+    ``trust_remote_code`` is the caller's; the one recorded in ``embedft.json`` is ignored.
+    """
     directory = Path(directory).resolve()
     meta = read_metadata(directory)
-    model_cfg = _model_config(meta["model"])
+    model_cfg = saved_model_config(
+        meta.get("model"),
+        str(directory / METADATA_FILE),
+        trust_remote_code=trust_remote_code,
+    )
     if meta["merged"] and not use_adapter:
         merged_cfg = ModelConfig(
             name=model_cfg.name,
@@ -532,15 +553,19 @@ def load_exported_embedder(
     return embedder.to(device)
 
 
-def load_embedder(path: str | Path, device: str | torch.device = "cpu") -> Embedder:
+def load_embedder(
+    path: str | Path, device: str | torch.device = "cpu", *, trust_remote_code: bool = False
+) -> Embedder:
     """An ``Embedder`` from a training checkpoint file or an export directory."""
     path = Path(path)
     if path.is_file():
-        return load_embedder_from_checkpoint(path, device)
+        return load_embedder_from_checkpoint(path, device, trust_remote_code=trust_remote_code)
     if (path / METADATA_FILE).is_file():
-        return load_exported_embedder(path, device)
-    raise FileNotFoundError(
-        f"ckpt={path}: neither a checkpoint file nor an export directory (with {METADATA_FILE})"
+        return load_exported_embedder(path, device, trust_remote_code=trust_remote_code)
+    problem = f"a directory without {METADATA_FILE}" if path.is_dir() else "not found"
+    raise CheckpointError(
+        f"ckpt={path}: {problem}; expected a .ckpt file written by python -m embedft.run or a "
+        "directory written by python -m embedft.export"
     )
 
 
@@ -552,7 +577,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(
             sys.argv[1:] if argv is None else argv,
-            {"ckpt": None, "out": None, "merge": True, "overwrite": False, "dtype": "auto"},
+            {
+                "ckpt": None,
+                "out": None,
+                "merge": True,
+                "overwrite": False,
+                "dtype": "auto",
+                "trust_remote_code": False,
+            },
             USAGE,
         )
         require(args, "ckpt", "out")
@@ -562,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
             merge=args["merge"],
             overwrite=args["overwrite"],
             dtype=args["dtype"],
+            trust_remote_code=args["trust_remote_code"],
         )
     except (UsageError, FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"embedft.export: error: {err}", file=sys.stderr)

@@ -121,6 +121,33 @@ def test_jsonl_without_the_text_field_names_the_line(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "problem"),
+    [
+        ("emb.npy", None, "not UTF-8 text (byte 0x93 at offset 0, line 1)"),
+        (
+            "latin1.txt",
+            "ok\ncaf\xe9\n".encode("latin-1"),
+            "not UTF-8 text (byte 0xe9 at offset 6, line 2)",
+        ),
+        ("zeros.txt", b"ok\n\x00\x00\x00", "binary (NUL byte on line 2)"),
+    ],
+)
+def test_binary_input_is_one_line_naming_the_file(name, content, problem, tmp_path, capsys):
+    # Given an input that is not UTF-8 text (a saved numpy array, Latin-1 text, zero bytes)
+    source = tmp_path / name
+    if content is None:
+        np.save(source, np.zeros((2, 3), dtype=np.float32))
+    else:
+        source.write_bytes(content)
+    # When / Then exit 2 and one line: the file, where, and what an input must be
+    assert main(["model=tiny_llama", f"input={source}", f"output={tmp_path / 'e.npy'}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"embedft.encode: error: input={source}: {problem}; expected UTF-8 text with one "
+        "sentence per line"
+    ]
+
+
 @pytest.mark.slow  # a fresh interpreter imports torch + transformers: ~10 s on 2 cores
 def test_module_entry_point_keeps_stdout_for_data(ckpt, expected):
     # Given texts on stdin; When the CLI runs as a process writing JSON lines to stdout
