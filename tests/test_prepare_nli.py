@@ -4,6 +4,7 @@ accounting, input errors, determinism, atomic writes and the counts on the real 
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -362,6 +363,47 @@ def test_crash_while_writing_leaves_old_output_and_no_temp_file(tmp_path, monkey
         prepare([NliSource("tf", "textfooler", source)], out)
     assert out.read_text() == "old\n"
     assert os.listdir(out_dir) == ["nli.csv"]
+
+
+def test_out_naming_an_existing_directory_is_one_error_before_any_work(tmp_path, capsys):
+    # Given an input and an --out that is an existing directory
+    source = tmp_path / "tf"
+    _write_pairs(source, 3)
+    out = tmp_path / "data"
+    out.mkdir()
+    # When
+    code = main(["--input", f"textfooler:{source}", "--out", str(out)])
+    # Then exit 2, one line saying what --out must be, and nothing written anywhere
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"prepare_nli: error: --out {out} is an existing directory; expected a file path "
+        f"such as {out / 'nli_triplets.csv'}"
+    ]
+    assert sorted(os.listdir(tmp_path)) == ["data", "tf"] and os.listdir(out) == []
+
+
+def test_temp_files_of_a_killed_run_are_removed_but_not_a_live_writers(tmp_path):
+    # Given temp files a killed run left (output and manifest) and one a running writer holds
+    source = tmp_path / "tf"
+    _write_pairs(source, 3)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "nli.csv"
+    killed = [out_dir / ".nli.csv.k1ll3d.tmp", out_dir / ".nli.manifest.json.x7q2a.tmp"]
+    for path in killed:
+        path.write_text("half a file")
+    live = out_dir / ".nli.csv.l1ve.tmp"
+    live.write_text("being written")
+    holder = os.open(live, os.O_RDONLY)  # another open file: its lock is another writer's
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        # When the next run writes the same output
+        prepare([NliSource("tf", "textfooler", source)], out)
+        # Then the killed run's files are gone and the live writer's file is untouched
+        assert sorted(os.listdir(out_dir)) == [".nli.csv.l1ve.tmp", "nli.csv", "nli.manifest.json"]
+        assert live.read_text() == "being written"
+    finally:
+        os.close(holder)
 
 
 def test_cli_reports_input_errors_with_exit_code_2(tmp_path, capsys):

@@ -5,8 +5,12 @@ SmolLM2 GGUF and tokenise with the real SmolLM2 / Gemma-3 tokenizers from their 
 Every test points EMBEDFT_CACHE_DIR at its own tmp_path.
 """
 
+import fcntl
 import importlib
 import importlib.util
+import os
+import stat
+import tempfile
 import textwrap
 import threading
 import time
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from embedft.config import ModelConfig
@@ -233,6 +237,40 @@ def test_leftover_temp_dir_of_a_killed_build_is_removed(cache_dir: Path) -> None
     build_cached_dir(cache_dir / "model-y", lambda out: (out / "config.json").write_text("{}"))
     assert not stale.exists()
     assert sorted(p.name for p in cache_dir.iterdir()) == [".model-y.lock", "model-y"]
+
+
+def test_killed_builds_of_any_model_are_removed_but_not_a_live_build(cache_dir: Path) -> None:
+    # Given what builds killed with kill -9 left (one of them mid GGUF assembly), and the
+    # temporary directory of a build still running in another process (it holds the lock)
+    killed = [cache_dir / ".smollm2-1a2b.tmp-k1ll", cache_dir / ".gemma3-3c4d.tmp-k2ll"]
+    for tmp in killed:
+        (tmp / "_gguf").mkdir(parents=True)
+        (tmp / "_gguf" / "model.gguf").write_bytes(b"part of a GGUF")
+    live = cache_dir / ".tiny-llama-v1.tmp-l1ve"
+    live.mkdir()
+    with open(cache_dir / ".tiny-llama-v1.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        # When any cached directory is asked for, even one that exists already
+        build_cached_dir(cache_dir / "other", lambda out: (out / "config.json").write_text("{}"))
+        build_cached_dir(cache_dir / "other", lambda out: None)
+        # Then the killed builds' leftovers are gone and the live build is untouched
+        assert not any(tmp.exists() for tmp in killed)
+        assert live.is_dir()
+
+
+def test_cached_files_are_readable_by_everyone(cache_dir: Path) -> None:
+    # Given a build that writes the way mkdtemp, mkstemp and safetensors do (0700 / 0600)
+    def build(out: Path) -> None:
+        save_file({"w": torch.zeros(2)}, str(out / "model.safetensors"))
+        os.close(tempfile.mkstemp(dir=out, suffix=".json")[0])
+        Path(tempfile.mkdtemp(dir=out, prefix="sub")).joinpath("x.txt").write_text("x")
+
+    # When it is cached / Then every file is 0644 and every directory 0755
+    final = build_cached_dir(cache_dir / "m", build)
+    paths = [final, *final.rglob("*")]
+    assert len(paths) == 5
+    for path in paths:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
 
 
 def test_concurrent_builders_build_once(cache_dir: Path) -> None:

@@ -12,7 +12,10 @@ manifest ``<stem>.manifest.json`` beside it: input files with sha256, rows read,
 reason, the first malformed line numbers, triplets written per source. Both files are written to
 a temp file in the same directory and moved into place with ``os.replace``, after every input
 has been read and checked, so a bad input or a crash never leaves a half file under the final
-name. Same inputs and seed give byte-identical files (no timestamps; the seed only shuffles).
+name. Each temp file is locked while it is written (``embedft.tempfiles``): the next run removes
+those a killed run left, never those of a run still writing. An ``--out`` that is a directory is
+refused before anything is read. Same inputs and seed give byte-identical files (no timestamps;
+the seed only shuffles).
 
 Triplet policy, per source file (premises are not matched across files):
 
@@ -52,7 +55,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -70,6 +72,7 @@ from embedft.data.nli_formats import (
     read_nli_file,
 )
 from embedft.paths import data_dir, repo_root
+from embedft.tempfiles import locked_temp_file, remove_abandoned_temp_files
 
 COLUMNS = ("sent0", "sent1", "hard_neg")
 DEFAULT_OUT = Path("data") / "nli_triplets.csv"
@@ -185,21 +188,13 @@ WRITERS: dict[str, Callable[[Sequence[Triplet], Path], None]] = {
 }
 
 
-def _write_temp(final: Path, write: Callable[[Path], None]) -> Path:
-    """Write via ``write`` into a temp file beside ``final`` (same filesystem, so os.replace is
-    atomic); the temp file is removed if writing fails."""
-    fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the output is an ordinary data file
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
+def _write_temp(tmp: Path, write: Callable[[Path], None]) -> None:
+    """Write via ``write`` into ``tmp``, a locked temp file beside the final path (same
+    filesystem, so os.replace is atomic), and flush it to disk."""
+    write(tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; the output is an ordinary data file
 
 
 def manifest_path_for(out: Path) -> Path:
@@ -223,6 +218,7 @@ def prepare(
         raise NliInputError(f"output format {fmt!r} is not one of {list(WRITERS)}")
     if not sources:
         raise NliInputError("no NLI inputs given")
+    check_output_path(out)
     parsed_all = []
     for source in sources:  # everything is read and checked before anything is written
         parsed = read_nli_file(source.fmt, source.path, generic)
@@ -265,8 +261,10 @@ def prepare(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     manifest_path = manifest_path_for(out)
-    tmp_out = _write_temp(out, lambda p: WRITERS[fmt](triplets, p))
-    try:
+    for final in (out, manifest_path):  # temp files of a killed run (kill -9, OOM)
+        remove_abandoned_temp_files(final)
+    with locked_temp_file(out) as tmp_out, locked_temp_file(manifest_path) as tmp_manifest:
+        _write_temp(tmp_out, lambda p: WRITERS[fmt](triplets, p))
         manifest = {
             "manifest_version": MANIFEST_VERSION,
             "output": out.name,
@@ -279,13 +277,26 @@ def prepare(
             "sources": reports,
         }
         text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
-        tmp_manifest = _write_temp(manifest_path, lambda p: p.write_text(text, encoding="utf-8"))
-    except BaseException:
-        tmp_out.unlink(missing_ok=True)
-        raise
-    os.replace(tmp_out, out)
-    os.replace(tmp_manifest, manifest_path)
+        _write_temp(tmp_manifest, lambda p: p.write_text(text, encoding="utf-8"))
+        os.replace(tmp_out, out)
+        os.replace(tmp_manifest, manifest_path)
     return manifest
+
+
+def check_output_path(out: Path) -> None:
+    """Refuse, before any input is read, an output path that cannot become a file."""
+    if out.is_dir():
+        raise NliInputError(
+            f"--out {out} is an existing directory; expected a file path such as "
+            f"{out / DEFAULT_OUT.name}"
+        )
+    if manifest_path_for(out).is_dir():
+        raise NliInputError(
+            f"--out {out}: its manifest path {manifest_path_for(out)} is an existing directory"
+        )
+    existing = next((p for p in out.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise NliInputError(f"--out {out}: {existing} is a file, not a directory")
 
 
 def default_sources(base: Path) -> list[NliSource]:

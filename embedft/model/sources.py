@@ -15,7 +15,9 @@ Sources (``model.source``; ``model.path`` means a different thing for each):
 
 Built directories live under ``$EMBEDFT_CACHE_DIR`` (default ``~/.cache/embedft/models``). They are
 written into a temporary sibling and renamed into place under a file lock, so an interrupted
-build leaves no half-written cache and two processes never build the same directory at once.
+build leaves no half-written cache and two processes never build the same directory at once; the
+temporary of a killed build is removed by the next process that uses the cache. Cached files are
+0644 (directories 0755).
 
     >>> from embedft.model.sources import load_tokenizer, resolve_model_dir
     >>> AutoModel.from_pretrained(resolve_model_dir(cfg), trust_remote_code=cfg.trust_remote_code)
@@ -23,8 +25,6 @@ build leaves no half-written cache and two processes never build the same direct
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import importlib
 import importlib.metadata
@@ -34,7 +34,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +52,7 @@ from transformers import (
 )
 
 from embedft.model.minicpm import MiniCPMConfig
+from embedft.tempfiles import flocked, remove_if_abandoned
 
 if TYPE_CHECKING:
     from embedft.config import ModelConfig
@@ -62,6 +63,7 @@ SOURCES = ("hub", "local", "package", "gguf_package", "tiny")
 TINY_ARCHS = ("llama", "gemma", "gemma3", "phi", "minicpm")
 # Bump when the GGUF conversion or the tiny builder changes what they write: new cache keys.
 CACHE_FORMAT = 1
+_TMP_MARK = ".tmp-"  # .<name>.tmp-<random>: a build of <name> in progress, or abandoned
 
 # What to pip install for the packages the shipped configs name (pyproject extra "offline").
 _INSTALL_HINTS = {
@@ -126,22 +128,27 @@ def build_cached_dir(final_dir: Path, build: Callable[[Path], None]) -> Path:
     """Return ``final_dir``, first running ``build(tmp_dir)`` and renaming tmp_dir into place.
 
     The rename is atomic, so ``final_dir`` exists only once complete; a failed build removes its
-    temporary directory. A lock file (``.<name>.lock``) serialises builders of the same directory,
-    and whoever holds it removes temporaries left by a killed build.
+    temporary directory. A lock file (``.<name>.lock``) serialises builders of the same directory.
+    Every call removes the temporaries of killed builds (``kill -9`` during a GGUF conversion
+    leaves up to a gigabyte) of any directory under the same parent whose lock nobody holds.
+    Files are made 0644 and directories 0755: a shared cache is for every user to read.
     """
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_builds(final_dir.parent)
     if final_dir.is_dir():
         return final_dir
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(final_dir.parent / f".{final_dir.name}.lock"):
+    with flocked(_lock_path(final_dir)):
         if final_dir.is_dir():  # built by another process while we waited for the lock
             return final_dir
-        tmp_prefix = f".{final_dir.name}.tmp-"
-        for stale in final_dir.parent.glob(tmp_prefix + "*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp_dir = Path(tempfile.mkdtemp(prefix=tmp_prefix, dir=final_dir.parent))
-        tmp_dir.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+        tmp_dir = Path(
+            tempfile.mkdtemp(prefix=f".{final_dir.name}{_TMP_MARK}", dir=final_dir.parent)
+        )
         try:
             build(tmp_dir)
+            # mkdtemp makes 0700 and safetensors writes model.safetensors 0600 (it saves into a
+            # private temp file and renames it): neither would let other users read the cache.
+            for path in [tmp_dir, *tmp_dir.rglob("*")]:
+                path.chmod(0o755 if path.is_dir() else 0o644)
             os.replace(tmp_dir, final_dir)
         except BaseException:
             shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -149,14 +156,19 @@ def build_cached_dir(final_dir: Path, build: Callable[[Path], None]) -> Path:
     return final_dir
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+def _lock_path(final_dir: Path) -> Path:
+    return final_dir.parent / f".{final_dir.name}.lock"
+
+
+def _remove_abandoned_builds(parent: Path) -> None:
+    """Remove build temporaries under ``parent`` whose directory's lock no live builder holds."""
+    for tmp in parent.glob(f".*{_TMP_MARK}*"):
+        name = tmp.name[1:].rpartition(_TMP_MARK)[0]
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if name and remove_if_abandoned(tmp, lock=_lock_path(parent / name)):
+                logger.info("removed %s, left by a killed build", tmp)
+        except OSError as err:  # e.g. another user's read-only cache: using it must still work
+            logger.debug("left %s in place: %s", tmp, err)
 
 
 def _model_dir_or_raise(model_dir: Path, what: str) -> Path:
