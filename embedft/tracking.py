@@ -58,6 +58,28 @@ def name_from_overrides(overrides: list[str]) -> str:
 
 
 def wandb_mode(cfg: LoggerConfig) -> str:
+    """W&B's mode: ``logger.mode``, else ``$WANDB_MODE``, else online with credentials.
+
+    Online only when the W&B server (``$WANDB_BASE_URL``, default https://api.wandb.ai) accepts a
+    connection within a few seconds: otherwise offline, with a warning. wandb itself would retry
+    for about two minutes and then fail the run.
+    """
+    mode = _configured_wandb_mode(cfg)
+    if mode == "online":
+        url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+        if not wandb_server_reachable(url):
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "W&B server %s is unreachable: logging offline instead (upload later with "
+                "`wandb sync` on the run's wandb/ directory)",
+                url,
+            )
+            return "offline"
+    return mode
+
+
+def _configured_wandb_mode(cfg: LoggerConfig) -> str:
     if cfg.mode != "auto":
         return cfg.mode
     env = os.environ.get("WANDB_MODE")
@@ -71,6 +93,39 @@ def wandb_mode(cfg: LoggerConfig) -> str:
     except (FileNotFoundError, netrc.NetrcParseError):
         pass
     return "offline"
+
+
+def wandb_server_reachable(url: str, timeout_s: float = 3.0) -> bool:
+    """Whether a TCP connection to ``url``'s host (or its HTTP(S) proxy) opens within ``timeout_s``.
+
+    The connect runs in a thread so that a hanging DNS lookup cannot stretch the wait either.
+    """
+    import socket
+    import threading
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname, parts.port or (80 if parts.scheme == "http" else 443)
+    if not host:
+        return False
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxied = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxied.hostname or host, proxied.port or 80
+    connected: list[bool] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                connected.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return bool(connected)
 
 
 def build_logger(

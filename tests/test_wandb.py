@@ -11,17 +11,21 @@ into wandb's own protobuf ``Record`` messages.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from embedft import tracking
 from embedft.config import LoggerConfig
 from embedft.paths import repo_root
-from embedft.tracking import name_from_overrides, wandb_mode
+from embedft.tracking import name_from_overrides, wandb_mode, wandb_server_reachable
 
 _BLOCK = 32768
 _FULL, _LAST = 1, 4
@@ -91,17 +95,66 @@ def test_run_name_comes_from_the_overrides_that_say_what_is_trained():
     assert name_from_overrides(["loss.hard_neg=false", "model=phi2"]) == "phi2-nohardneg"
 
 
-def test_without_credentials_wandb_runs_offline(monkeypatch, tmp_path):
-    # Given no WANDB_MODE, no API key and a home without a netrc
-    for var in ("WANDB_MODE", "WANDB_API_KEY"):
+@pytest.fixture
+def no_credentials(monkeypatch, tmp_path):
+    """No WANDB_MODE, no API key, no proxy and a home without a netrc."""
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
+    for var in ("http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.upper(), raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
-    # Then "auto" means offline: no prompt, no network
+
+
+def test_without_credentials_wandb_runs_offline(no_credentials, monkeypatch):
+    # Given a W&B server that would answer (no real network in tests)
+    monkeypatch.setattr(tracking, "wandb_server_reachable", lambda url: True)
+    # Then "auto" means offline without credentials (no prompt, no network), online with them
     assert wandb_mode(LoggerConfig()) == "offline"
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert wandb_mode(LoggerConfig()) == "online"
     assert wandb_mode(LoggerConfig(mode="disabled")) == "disabled"
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_with_credentials_but_no_server_wandb_falls_back_to_offline_at_once(
+    no_credentials, monkeypatch, caplog
+):
+    # Given an API key and a W&B server address where nothing listens
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    url = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("WANDB_BASE_URL", url)
+    # When the mode is chosen
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        mode = wandb_mode(LoggerConfig())
+    # Then it is offline within seconds, and a warning says why and how to upload later
+    assert mode == "offline" and time.monotonic() - started < 5
+    assert f"W&B server {url} is unreachable: logging offline" in caplog.text
+    assert "wandb sync" in caplog.text
+    # And an explicit online mode falls back too; offline and disabled never probe
+    assert wandb_mode(LoggerConfig(mode="online")) == "offline"
+    monkeypatch.setattr(tracking, "wandb_server_reachable", lambda url: pytest.fail("probed"))
+    assert wandb_mode(LoggerConfig(mode="disabled")) == "disabled"
+
+
+def test_a_listening_server_is_reachable_and_a_closed_port_is_not(no_credentials):
+    # Given a local server socket (the probe only opens a TCP connection)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        # Then it is reachable, over http or https URLs with the port
+        assert wandb_server_reachable(f"http://127.0.0.1:{port}")
+        assert wandb_server_reachable(f"https://localhost:{port}/")
+    assert not wandb_server_reachable(f"http://127.0.0.1:{_closed_port()}")
+    assert not wandb_server_reachable("not a url")
 
 
 def test_reader_follows_records_across_32k_blocks(tmp_path, monkeypatch):
