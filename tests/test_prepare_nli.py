@@ -380,6 +380,9 @@ def test_out_naming_an_existing_directory_is_one_error_before_any_work(tmp_path,
         f"such as {out / 'nli_triplets.csv'}"
     ]
     assert sorted(os.listdir(tmp_path)) == ["data", "tf"] and os.listdir(out) == []
+    # And it comes before the inputs are even looked for
+    assert main(["--data-dir", str(tmp_path / "absent"), "--out", str(out)]) == 2
+    assert "is an existing directory" in capsys.readouterr().err
 
 
 def test_temp_files_of_a_killed_run_are_removed_but_not_a_live_writers(tmp_path):

@@ -413,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         base = (args.data_dir or data_dir()).resolve()
         out, fmt = _output_and_format(args.out, args.format)
+        check_output_path(out)  # before the inputs are looked for: the cheapest error first
         generic = _generic_spec(args.columns, args.labels)
         if args.input:
             sources = [parse_input_spec(spec, base) for spec in args.input]
