@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 # Tests and local runs never touch the network (no HF hub, W&B offline files at most).
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
 
-.PHONY: help install test test-full lint format data models quickstart offline-paper bench bench-eval clean
+.PHONY: help install test test-full lint format data models quickstart offline-paper bench bench-eval faults clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ bench: ## training throughput/memory vs sentence-transformers + memory at large 
 
 bench-eval: ## STS encoder throughput vs sentence-transformers -> experiments/results/bench_eval.*
 	$(OFFLINE) $(PY) experiments/bench_eval.py
+
+faults: ## kill -9 / SIGTERM / SIGUSR1 / bad inputs against real runs; exact resume checked -> experiments/results/fault_injection
+	$(OFFLINE) $(PY) experiments/fault_injection.py
 
 clean: ## remove outputs, multirun dirs and caches (not the venv)
 	rm -rf outputs multirun wandb lightning_logs .pytest_cache .ruff_cache

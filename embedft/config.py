@@ -9,7 +9,10 @@ Errors name the key, the value and what is allowed: ``loss.temperature must be >
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import os
+import secrets
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -23,6 +26,10 @@ class ConfigError(ValueError):
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _finite(key: str, value: float) -> None:
+    _check(math.isfinite(value), f"{key} must be a finite number, got {value}")
 
 
 def _one_of(key: str, value: Any, allowed: tuple) -> None:
@@ -103,6 +110,7 @@ class LossConfig:
     grad_cache_chunk_size: int = 0  # 0: off; else GradCache sub-batch size (texts per forward)
 
     def __post_init__(self) -> None:
+        _finite("loss.temperature", self.temperature)
         _check(self.temperature > 0, f"loss.temperature must be > 0, got {self.temperature}")
         _check(
             self.grad_cache_chunk_size >= 0,
@@ -128,9 +136,14 @@ class DataConfig:
     shuffle_buffer: int = 10_000
     num_workers: int = 0
     length_grouping: int = 0  # >0: sort each window of this many batches by length
+    max_bad_fraction: float = 0.01  # rows with a null/empty/non-text cell are dropped; above: error
 
     def __post_init__(self) -> None:
         _one_of("data.source", self.source, ("hub", "local"))
+        _check(
+            0 <= self.max_bad_fraction < 1,
+            f"data.max_bad_fraction must be in [0, 1), got {self.max_bad_fraction}",
+        )
         _check(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
         _check(
             self.shuffle_buffer >= 0, f"data.shuffle_buffer must be >= 0, got {self.shuffle_buffer}"
@@ -153,6 +166,8 @@ class OptimConfig:
     scheduler: str = "cosine"
 
     def __post_init__(self) -> None:
+        _finite("optim.lr", self.lr)
+        _finite("optim.weight_decay", self.weight_decay)
         _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
         _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
@@ -179,6 +194,7 @@ class TrainerConfig:
     deterministic: bool = False
     enable_progress_bar: bool = True
     save_every_n_steps: int = 500  # last.ckpt for resume/preemption
+    save_every_n_minutes: float = 30.0  # also by wall time (0: off); SIGTERM/SIGUSR1 save at once
 
     def __post_init__(self) -> None:
         _one_of("trainer.accelerator", self.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"))
@@ -201,6 +217,13 @@ class TrainerConfig:
             self.save_every_n_steps >= 1,
             f"trainer.save_every_n_steps must be >= 1, got {self.save_every_n_steps}",
         )
+        _finite("trainer.save_every_n_minutes", self.save_every_n_minutes)
+        _check(
+            self.save_every_n_minutes >= 0,
+            f"trainer.save_every_n_minutes must be >= 0 (0 = off), got {self.save_every_n_minutes}",
+        )
+        if self.gradient_clip_val is not None:
+            _finite("trainer.gradient_clip_val", self.gradient_clip_val)
 
 
 @dataclass
@@ -285,8 +308,39 @@ def register_configs() -> None:
     cs.store(name="evaluate_schema", node=EvaluateConfig)
 
 
-def to_object(cfg: DictConfig) -> Any:
-    """Resolve and instantiate the dataclasses, running every ``__post_init__`` check."""
+def unknown_keys(cfg: DictConfig, schema: type) -> list[str]:
+    """Keys of ``cfg`` that ``schema`` does not define (``+typo.key=1`` passes Hydra's check)."""
+    unknown: list[str] = []
+
+    def walk(node: DictConfig, cls: type, prefix: str) -> None:
+        known = {f.name: f for f in fields(cls)}
+        for key in node.keys():
+            if key == "hydra" and not prefix:
+                continue
+            if key not in known:
+                unknown.append(f"{prefix}{key}")
+                continue
+            make = known[key].default_factory  # nested groups are dataclass default factories
+            child = node._get_node(key)  # unresolved: interpolations may need Hydra
+            if isinstance(child, DictConfig) and callable(make) and is_dataclass(make()):
+                walk(child, type(make()), f"{prefix}{key}.")
+
+    walk(cfg, schema, "")
+    return unknown
+
+
+def to_object(cfg: DictConfig, schema: type | None = None) -> Any:
+    """Resolve and instantiate the dataclasses, running every ``__post_init__`` check.
+
+    With ``schema``, keys it does not define are an error too (not silently ignored).
+    """
+    if schema is not None:
+        extra = unknown_keys(cfg, schema)
+        if extra:
+            raise ConfigError(
+                f"unknown config key(s) {extra}: not part of {schema.__name__}; "
+                "check the spelling (python -m embedft.run --cfg job lists every key)"
+            )
     try:
         return OmegaConf.to_object(cfg)
     except ConfigError:
@@ -298,4 +352,12 @@ def to_object(cfg: DictConfig) -> Any:
         raise ConfigError(str(err)) from err
 
 
+def _process_uid() -> str:
+    """``${uid:}``: this process's short random id, for run dirs (see conf/run.yaml)."""
+    return _UID
+
+
+_UID = f"{os.getpid() % 0x10000:04x}{secrets.token_hex(2)}"
 register_configs()
+if not OmegaConf.has_resolver("uid"):
+    OmegaConf.register_new_resolver("uid", _process_uid, use_cache=True)

@@ -73,7 +73,7 @@ def evaluate(dcfg: DictConfig) -> dict[str, Any]:
     }
     write_json(out / "results.json", results)
     try:
-        cfg: EvaluateConfig = to_object(dcfg)
+        cfg: EvaluateConfig = to_object(dcfg, EvaluateConfig)
         device = resolve_device(cfg.device)
         # Data first: a missing file fails in a second, not after loading a large model.
         pairs = load_tasks(cfg.eval.tasks, cfg.paths.data_dir, cfg.eval.split, cfg.eval.source)

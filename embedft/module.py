@@ -11,6 +11,9 @@ then cosine decay, stepped every optimizer step. Checkpoints hold the trainable 
 the optimizer state and the resolved config: megabytes for a 2B model.
 With ``loss.grad_cache_chunk_size > 0`` the step runs gradient caching (``embedft.grad_cache``)
 under manual optimisation.
+
+A non-finite loss, or LoRA weights that turn non-finite after an optimizer step, stop training
+with ``NonFiniteError`` (the step and what went wrong) before anything is saved from that state.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from embedft.config import OptimConfig
 from embedft.grad_cache import _trim, grad_cache_backward
 from embedft.loss import InfoNCELoss
 from embedft.model.embedder import Embedder, trainable_state_dict
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced NaN/inf: the message names the step and the quantity."""
 
 
 def warmup_cosine(warmup: int, total: int, kind: str = "cosine"):
@@ -109,6 +116,7 @@ class EmbeddingModule(L.LightningModule):
         grad_cache_chunk_size: int = 0,
         pack_len: int = 128,
         sub_batch_rows: int = 64,
+        run_state: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.embedder = embedder
@@ -116,6 +124,7 @@ class EmbeddingModule(L.LightningModule):
         self.optim_cfg = optim
         self.total_steps = total_steps
         self.config = config or {}
+        self.run_state = run_state or {}  # plain data for checkpoints (the W&B run id)
         self.grad_cache_chunk_size = grad_cache_chunk_size
         # pack_len: tokens per packed row (0: no packing); 128 keeps the per-row attention cost
         # small next to the linear layers while rows fill to ~96%.
@@ -146,6 +155,11 @@ class EmbeddingModule(L.LightningModule):
             loss = self._grad_cache_step(batch)
         else:
             loss = self.loss_from_embeddings(self.embed_batch(batch), batch)
+        if not torch.isfinite(loss.detach()):
+            raise NonFiniteError(
+                f"train/loss is {loss.item()} at step {self.global_step + 1}: stopping (check "
+                f"optim.lr, loss.temperature and the data); no checkpoint is written from it"
+            )
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["num_triplets"])
         self.log(
             "train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch["num_triplets"]
@@ -191,9 +205,25 @@ class EmbeddingModule(L.LightningModule):
         if self.trainer.gradient_clip_val:
             self.clip_gradients(opt, gradient_clip_val=self.trainer.gradient_clip_val)
         opt.step()
+        self.check_weights_finite()
         opt.zero_grad(set_to_none=True)
         sched.step()
         return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.check_weights_finite()
+
+    def check_weights_finite(self) -> None:
+        """After an optimizer step: stop before a NaN/inf adapter is evaluated or saved."""
+        named = [(n, p) for n, p in self.embedder.named_parameters() if p.requires_grad]
+        finite = torch.stack([torch.isfinite(p).all() for _, p in named])  # one sync, not one each
+        if not bool(finite.all()):
+            bad = [n for (n, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
+            raise NonFiniteError(
+                f"LoRA weights became non-finite at step {self.global_step + 1} ({bad[0]}, "
+                f"{len(bad)} tensors): optim.lr={self.optim_cfg.lr} is likely too high"
+            )
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.embedder.parameters() if p.requires_grad]
@@ -216,3 +246,4 @@ class EmbeddingModule(L.LightningModule):
             f"embedder.{k}": v for k, v in trainable_state_dict(self.embedder).items()
         }
         checkpoint["embedft_config"] = self.config
+        checkpoint["embedft_run"] = dict(self.run_state)

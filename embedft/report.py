@@ -57,6 +57,7 @@ class Job:
     checkpoint: str | None = None
     error: str | None = None
     label: str = ""
+    attempts: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -111,6 +112,7 @@ def load_job(path: Path) -> Job:
         train=data.get("train") or {},
         checkpoint=data.get("checkpoint"),
         error=data.get("error"),
+        attempts=list(data.get("attempts") or []),
     )
 
 
@@ -319,6 +321,9 @@ def status_line(job: Job, root: Path) -> str:
                 bits.append("resumed from a checkpoint")
         scores = _task_scores(job)
         bits.append(f"{len(scores)} STS tasks" if scores else "no STS scores (eval off)")
+        history = attempt_history(job.attempts)
+        if history:
+            bits.append(history)
         return f"- completed: **{job.label}** {where}: " + ", ".join(bits)
     if job.status == NO_RESULTS:
         return (
@@ -327,7 +332,20 @@ def status_line(job: Job, root: Path) -> str:
         )
     error = (job.error or "").strip().splitlines()
     reason = f": {error[0][:300]}" if error else ""
-    return f"- **{job.status}**: **{job.label}** {where}{reason}"
+    history = attempt_history(job.attempts)
+    return f"- **{job.status}**: **{job.label}** {where}{reason}" + (
+        f" ({history})" if history else ""
+    )
+
+
+def attempt_history(attempts: list[dict[str, Any]]) -> str:
+    """How a job got here when it took more than one go: ``runs: preempted -> completed; kept``.
+
+    ``kept``: a sweep re-run found the job completed and kept its results instead of retraining.
+    """
+    if len(attempts) <= 1:
+        return ""
+    return "runs: " + " -> ".join(str(a.get("status", "?")) for a in attempts)
 
 
 def plot_tasks(columns: list[Column], path: Path) -> bool:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import netrc
 import os
+import secrets
+import string
 import sys
 from pathlib import Path
 from typing import Any
@@ -129,20 +131,32 @@ def wandb_server_reachable(url: str, timeout_s: float = 3.0) -> bool:
 
 
 def build_logger(
-    cfg: LoggerConfig, output_dir: Path, overrides: list[str], group: str | None
+    cfg: LoggerConfig,
+    output_dir: Path,
+    overrides: list[str],
+    group: str | None,
+    run_id: str | None = None,
 ) -> Any:
-    """The Lightning logger for this run, or False for ``logger=none``."""
+    """The Lightning logger for this run, or False for ``logger=none``.
+
+    ``run_id``: the W&B run a resumed run continues (stored in its checkpoints).
+    """
     if cfg.kind == "none":
         return False
     if cfg.kind == "csv":
         from lightning.pytorch.loggers import CSVLogger
 
-        return CSVLogger(save_dir=str(output_dir), name="csv", version="")
+        # Rows reach the file every step: a killed run keeps what it logged.
+        return CSVLogger(
+            save_dir=str(output_dir), name="csv", version="", flush_logs_every_n_steps=1
+        )
     from lightning.pytorch.loggers import WandbLogger
 
     mode = wandb_mode(cfg)
     name = cfg.name or name_from_overrides(overrides)
     return WandbLogger(
+        id=run_id or new_run_id(),
+        resume="allow",
         project=cfg.project,
         entity=cfg.entity,
         group=cfg.group or group,
@@ -152,6 +166,21 @@ def build_logger(
         offline=mode == "offline",
         mode=mode,
     )
+
+
+def new_run_id() -> str:
+    """A W&B-style run id (8 lowercase letters and digits), chosen before the run starts."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def wandb_run_id(logger: Any) -> str | None:
+    """The W&B run id of ``logger`` (kept in checkpoints so a resumed run continues it)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if isinstance(logger, WandbLogger):
+        return logger.version
+    return None
 
 
 def log_sts_table(logger: Any, scores: dict[str, float]) -> None:

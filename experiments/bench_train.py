@@ -286,7 +286,7 @@ def worker_embedft(args) -> None:
     datamodule = TripletDataModule(
         cfg.data, embedder.tokenizer, cfg.model.max_length, cfg.model.append_eos, cfg.seed
     )
-    datamodule.num_examples = check_data(cfg.data)
+    datamodule.num_examples = check_data(cfg.data).rows_used
     loss_fn = InfoNCELoss(cfg.loss.temperature, cfg.loss.hard_neg)
     kwargs: dict[str, Any] = {"grad_cache_chunk_size": cfg.loss.grad_cache_chunk_size}
     if hook in ("one_forward", "sub_batches"):

@@ -18,7 +18,7 @@ def _compose(*overrides):
 def _cfg(*overrides) -> RunConfig:
     dcfg = _compose(*overrides)
     dcfg.paths.output_dir = "/tmp/unused"  # ${hydra:...} needs a running app
-    return to_object(dcfg)
+    return to_object(dcfg, RunConfig)
 
 
 def test_defaults_are_the_papers_recipe():
@@ -49,6 +49,13 @@ def test_defaults_are_the_papers_recipe():
         ("eval.tasks=[STS99]", "eval.tasks has unknown ['STS99']"),
         ("trainer.max_steps=0", "trainer.max_steps must be > 0 or -1"),
         ("trainer.pack_len=-1", "trainer.pack_len must be >= 0"),
+        ("loss.temperature=inf", "loss.temperature must be a finite number, got inf"),
+        ("optim.lr=inf", "optim.lr must be a finite number, got inf"),
+        ("optim.lr=nan", "optim.lr must be a finite number, got nan"),
+        ("trainer.save_every_n_minutes=-1", "trainer.save_every_n_minutes must be >= 0"),
+        ("data.max_bad_fraction=1", "data.max_bad_fraction must be in [0, 1)"),
+        ("+unknown.key=1", "unknown config key(s) ['unknown']"),
+        ("+trainer.max_step=5", "unknown config key(s) ['trainer.max_step']"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(override, message):
@@ -81,3 +88,17 @@ def test_hard_neg_needs_a_negative_column():
     with pytest.raises(ConfigError, match="loss.hard_neg=true needs hard negatives"):
         check_run_config(cfg)
     check_run_config(_cfg("data.negative_column=null", "loss.hard_neg=false"))
+
+
+def test_a_batch_of_one_without_hard_negatives_is_rejected():
+    # Given InfoNCE without hard negatives, a batch of 1 has no negative: the loss is always 0
+    with pytest.raises(ConfigError, match="data.batch_size=1 with loss.hard_neg=false"):
+        check_run_config(_cfg("data.batch_size=1", "loss.hard_neg=false"))
+    check_run_config(_cfg("data.batch_size=1"))  # the hard negative is a negative
+
+
+def test_trust_remote_code_only_from_the_command_line():
+    cfg = _cfg("model.trust_remote_code=true")
+    with pytest.raises(ConfigError, match="only accepted on the command line"):
+        check_run_config(cfg, overrides=[])  # e.g. set in a yaml file
+    check_run_config(cfg, overrides=["model.trust_remote_code=true"])

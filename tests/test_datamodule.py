@@ -112,4 +112,35 @@ def test_missing_columns_are_named(tmp_path):
 
 
 def test_check_data_counts_a_local_file(tmp_path):
-    assert check_data(_cfg(_write_csv(tmp_path / "t.csv", ROWS))) == 10
+    assert check_data(_cfg(_write_csv(tmp_path / "t.csv", ROWS))).rows_used == 10
+
+
+def test_null_empty_and_non_text_cells_are_dropped_and_counted(tmp_path):
+    # Given a jsonl with a null, a blank and a list cell among 20 rows
+    rows = [{"sent0": f"a {i}", "sent1": f"p {i}", "hard_neg": f"n {i}"} for i in range(20)]
+    rows[3]["sent1"], rows[7]["hard_neg"], rows[9]["sent0"] = None, "  ", ["d"]
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = _cfg(path, max_bad_fraction=0.2)
+    # When checked and streamed
+    report = check_data(cfg)
+    streamed = [r for b in TripletStream(cfg, seed=0) for r in b]
+    # Then the three rows are counted per column and reason, and never become texts
+    assert report.dropped == {"sent1:null": 1, "hard_neg:empty": 1, "sent0:not_text": 1}
+    assert (report.rows_read, report.rows_used) == (20, 17) and len(streamed) == 17
+    assert report.examples[0] == "line 4, column 'sent1': null"
+    assert not any(t in ("None", "['d']") or not t.strip() for r in streamed for t in r.values())
+
+
+def test_too_many_bad_rows_name_the_file_line_and_column(tmp_path):
+    path = _write_csv(tmp_path / "t.csv", [("a", "", "n"), *ROWS])  # csv: empty cell -> null
+    with pytest.raises(DataError) as err:
+        check_data(_cfg(path))  # 1 of 11 rows > 1%
+    assert str(path) in str(err.value) and "line 2, column 'sent1': null" in str(err.value)
+
+
+def test_an_empty_file_names_itself(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("")
+    with pytest.raises(DataError, match=r"empty\.csv cannot be read: the file is empty"):
+        check_data(_cfg(path))

@@ -74,7 +74,7 @@ def _common(triplet_file, out):
 def test_run_trains_checkpoints_and_resumes(triplet_file, tmp_path):
     # Given a tiny model and six triplets; When two steps run
     out = tmp_path / "run"
-    first = _run(*_common(triplet_file, out), "trainer.max_steps=2")
+    first = _run(*_common(triplet_file, out), "trainer.max_steps=2", "trainer.max_epochs=3")
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     # Then the run completed with a finite loss and wrote its config
@@ -91,6 +91,7 @@ def test_run_trains_checkpoints_and_resumes(triplet_file, tmp_path):
     resumed = _run(
         *_common(triplet_file, tmp_path / "resumed"),
         "trainer.max_steps=4",
+        "trainer.max_epochs=3",  # 3 batches an epoch: steps 3-4 cross into the second epoch
         f"resume={out / 'checkpoints' / 'last.ckpt'}",
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -109,7 +110,7 @@ def test_checkpoint_reloads_to_the_same_embeddings(triplet_file, tmp_path):
     embedder = build_embedder(cfg.model, cfg.lora)
     before = embedder.encode(PROBE)
     data = TripletDataModule(cfg.data, embedder.tokenizer, 32, True)
-    data.num_examples = check_data(cfg.data)
+    data.num_examples = check_data(cfg.data).rows_used
     module = EmbeddingModule(
         embedder, InfoNCELoss(), cfg.optim, 3, config=OmegaConf.to_container(dcfg, resolve=True)
     )

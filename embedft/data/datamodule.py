@@ -8,14 +8,26 @@ anchors, positives and negatives together.
 
 Under DDP every rank stops after the same number of batches (``num_examples`` //
 (batch_size * world_size)), so no rank waits forever for a peer whose shard ran out.
+
+Rows with a missing, empty or non-text cell are dropped, never trained on as "None" or "['d']":
+``check_data`` counts them per column and reason before training (``DataReport``, kept in the
+run's results.json) and stops with the file, line and column of the first ones when more than
+``data.max_bad_fraction`` of the rows are bad.
+
+The stream is resumable: ``TripletDataModule.state_dict`` records the epoch and how many batches
+of it were trained on, and after a resume the stream skips exactly those (same seed, same
+shuffle), so a killed run continues where it was instead of starting its epoch again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import logging
 import math
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +46,9 @@ _LOCAL_BUILDERS = {
     ".json": "json",
     ".parquet": "parquet",
 }
+
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -74,24 +89,97 @@ def _columns(cfg: DataConfig) -> dict[str, str]:
     return mapping
 
 
-def check_data(cfg: DataConfig) -> int | None:
-    """Fail fast on a missing file or columns; return the epoch length when it is knowable."""
+def bad_cell(value: Any) -> str | None:
+    """Why a cell cannot be a training text (None when it can)."""
+    if value is None:
+        return "null"
+    if not isinstance(value, str):
+        return "not_text"
+    if not value.strip():
+        return "empty"
+    return None
+
+
+@dataclass
+class DataReport:
+    """What ``check_data`` found: usable rows and the dropped ones per ``column:reason``."""
+
+    path: str
+    rows_read: int | None = None
+    rows_used: int | None = None
+    dropped: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)  # "line L, column C: reason" of the first
+
+
+def _line_of(path: Path | str, index: int) -> str:
+    suffix = Path(str(path)).suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return f"line {index + 2}"  # after the header (multi-line quoted cells shift this)
+    if suffix in (".jsonl", ".json"):
+        return f"line {index + 1}"
+    return f"row {index}"
+
+
+def _iterate(stream, where) -> Iterator[dict[str, Any]]:
+    try:
+        yield from stream
+    except DataError:
+        raise
+    except Exception as err:  # pandas/pyarrow/json errors name neither the file nor the fix
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "No columns to parse" in reason:
+            reason = "the file is empty (no header row)"
+        raise DataError(f"data.path: {where} cannot be read: {reason}") from None
+
+
+def check_data(cfg: DataConfig) -> DataReport:
+    """Fail fast on a missing/unreadable file, missing columns or too many bad rows.
+
+    Local files are read once in full: the report counts usable rows (one epoch) and the
+    dropped ones. A hub stream is only checked on its first row (its length stays unknown).
+    """
     stream = load_stream(cfg)
-    first = next(iter(stream), None)
     where = resolve_local_path(cfg) if cfg.source == "local" else cfg.path
+    report = DataReport(path=str(where))
+    rows = _iterate(stream, where)
+    first = next(rows, None)
     if first is None:
         raise DataError(f"data.path: {where} holds no rows")
-    missing = [col for col in _columns(cfg).values() if col not in first]
+    columns = _columns(cfg)
+    missing = [col for col in columns.values() if col not in first]
     if missing:
         raise DataError(
             f"{where}: columns {missing} not found (have {sorted(first)}); set "
             f"data.anchor_column/positive_column/negative_column"
         )
-    if cfg.num_examples is not None:
-        return cfg.num_examples
-    if cfg.source == "local":
-        return sum(1 for _ in stream)
-    return None
+    if cfg.source != "local":
+        report.rows_used = cfg.num_examples
+        return report
+    read = used = 0
+    for index, row in enumerate(itertools.chain([first], rows)):
+        if cfg.num_examples is not None and index >= cfg.num_examples:
+            break
+        read += 1
+        problems = [(col, bad_cell(row[col])) for col in columns.values()]
+        problems = [(col, why) for col, why in problems if why]
+        if not problems:
+            used += 1
+            continue
+        for col, why in problems:
+            report.dropped[f"{col}:{why}"] = report.dropped.get(f"{col}:{why}", 0) + 1
+        if len(report.examples) < 5:
+            col, why = problems[0]
+            report.examples.append(f"{_line_of(where, index)}, column {col!r}: {why}")
+    report.rows_read, report.rows_used = read, used
+    bad = read - used
+    if bad:
+        log.warning("%s: dropping %d of %d rows (%s)", where, bad, read, report.dropped)
+    if used == 0 or bad / read > cfg.max_bad_fraction:
+        raise DataError(
+            f"{where}: {bad} of {read} rows have a missing, empty or non-text cell "
+            f"(over data.max_bad_fraction={cfg.max_bad_fraction}): {'; '.join(report.examples)}"
+        )
+    return report
 
 
 def text_key(text: str) -> int:
@@ -114,8 +202,9 @@ class TripletStream(IterableDataset):
         self.cfg, self.seed, self.rank, self.world_size = cfg, seed, rank, world_size
         self.max_batches = max_batches
         self.epoch = 0
+        self.skip_batches = 0  # batches of this epoch already trained on (set on resume)
 
-    def _rows(self) -> Iterator[dict[str, str]]:
+    def _rows(self, worker: int, workers: int) -> Iterator[dict[str, str]]:
         from datasets.distributed import split_dataset_by_node
 
         stream = load_stream(self.cfg)
@@ -125,18 +214,24 @@ class TripletStream(IterableDataset):
         if self.cfg.num_examples is not None:  # an epoch is at most this many rows
             stream = stream.take(self.cfg.num_examples)
         # Each (rank, dataloader worker) pair reads a disjoint share of the rows.
-        shard, shards = self._shard()
+        shard, shards = self.rank * workers + worker, self.world_size * workers
         if shards > 1:
             stream = split_dataset_by_node(stream, rank=shard, world_size=shards)
         mapping = _columns(self.cfg)
-        for row in stream:
-            yield {key: str(row[col]) for key, col in mapping.items()}
+        # ``iter`` rather than ``for row in stream``: inside a DataLoader worker, datasets'
+        # __iter__ shards by file on its own and idles every worker past the file count (one
+        # file, two workers: half of the rows were silently never read). The split above is
+        # already per worker.
+        for chunk in stream.iter(batch_size=256):
+            for values in zip(*(chunk[col] for col in mapping.values()), strict=True):
+                if all(bad_cell(v) is None for v in values):
+                    yield dict(zip(mapping, values, strict=True))
 
-    def _batches(self) -> Iterator[list[dict[str, str]]]:
+    def _batches(self, worker: int = 0, workers: int = 1) -> Iterator[list[dict[str, str]]]:
         size, window = self.cfg.batch_size, self.cfg.length_grouping
         if window <= 0:
             batch: list[dict[str, str]] = []
-            for row in self._rows():
+            for row in self._rows(worker, workers):
                 batch.append(row)
                 if len(batch) == size:
                     yield batch
@@ -148,7 +243,7 @@ class TripletStream(IterableDataset):
         # shuffle the order of the batches so training does not see a length curriculum.
         rng = random.Random(self.seed + self.epoch)
         pool: list[dict[str, str]] = []
-        for row in self._rows():
+        for row in self._rows(worker, workers):
             pool.append(row)
             if len(pool) == size * window:
                 yield from self._grouped(pool, size, rng)
@@ -163,19 +258,23 @@ class TripletStream(IterableDataset):
         rng.shuffle(batches)
         yield from batches
 
-    def _shard(self) -> tuple[int, int]:
-        info = torch.utils.data.get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        return self.rank * workers + worker, self.world_size * workers
-
     def __iter__(self) -> Iterator[list[dict[str, str]]]:
         info = torch.utils.data.get_worker_info()
-        workers = info.num_workers if info is not None else 1
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         cap = None if self.max_batches is None else self.max_batches // workers
-        for i, batch in enumerate(self._batches()):
+        # The loader takes batches from its workers in turn, starting at worker 0. After
+        # ``skip`` batches the next one came from worker skip % workers, so for this epoch each
+        # worker reads the shard of the worker ``skip`` places after it and skips that worker's
+        # share of the batches already trained on: the batch order is the uninterrupted one.
+        skip = self.skip_batches
+        role = (worker + skip) % workers
+        own_skip = max(0, math.ceil((skip - role) / workers))
+        for i, batch in enumerate(self._batches(role, workers)):
             if cap is not None and i >= cap:
                 break
-            yield batch
+            if i >= own_skip:
+                yield batch
+        self.skip_batches = 0
         self.epoch += 1
 
 
@@ -211,9 +310,11 @@ class TripletDataModule(L.LightningDataModule):
         self.append_eos, self.seed = append_eos, seed
         self.num_examples: int | None = None
         self.dataset: TripletStream | None = None
+        self.position = {"epoch": 0, "batches": 0}  # where the stream resumes
 
     def prepare_data(self) -> None:
-        self.num_examples = check_data(self.cfg)
+        if self.num_examples is None:
+            self.num_examples = check_data(self.cfg).rows_used
 
     def batches_per_epoch(self, world_size: int = 1) -> int | None:
         if self.num_examples is None:
@@ -235,6 +336,7 @@ class TripletDataModule(L.LightningDataModule):
                 "same number of batches"
             )
         self.dataset = TripletStream(self.cfg, self.seed, rank, world, max_batches=cap)
+        self._apply_position()
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
@@ -243,4 +345,23 @@ class TripletDataModule(L.LightningDataModule):
             collate_fn=TripletCollator(self.tokenizer, self.max_length, self.append_eos),
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
+            # Its own generator: creating the loader's iterator must not draw from the global
+            # RNG that LoRA dropout uses, or a resumed run would see other dropout masks.
+            generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stream's position at a checkpoint: epoch and batches of it trained on."""
+        if self.trainer is None:
+            return dict(self.position)
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": self.trainer.current_epoch, "batches": progress.processed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.position = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
+        self._apply_position()
+
+    def _apply_position(self) -> None:
+        if self.dataset is not None:
+            self.dataset.epoch = self.position["epoch"]
+            self.dataset.skip_batches = self.position["batches"]

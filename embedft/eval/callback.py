@@ -27,12 +27,14 @@ under ``torch.inference_mode`` and goes back to train mode afterwards (see ``enc
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
 from embedft.eval.sts import StsPairs, load_tasks, score_pairs
+from embedft.module import NonFiniteError
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,11 @@ class StsDevCallback(L.Callback):
             self._dev = load_tasks(["STSBenchmark"], self.data_dir, "dev", self.source)
         scores = score_pairs(pl_module.embedder, self._dev, self.batch_size, show_progress=False)
         spearman = scores["STSBenchmark"]
+        if not math.isfinite(spearman):  # before ModelCheckpoint could file it as the best
+            raise NonFiniteError(
+                f"STSB-dev Spearman is {spearman} at step {trainer.global_step}: the embeddings "
+                "are not finite (learning rate too high?); no checkpoint is written from them"
+            )
         self.curve.append((trainer.global_step, spearman))
         log.info("step %d: STSB-dev Spearman %.2f", trainer.global_step, spearman)
         return spearman
