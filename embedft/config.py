@@ -301,6 +301,39 @@ class EvaluateConfig:
     device: str = "auto"
 
 
+def world_size(trainer: TrainerConfig) -> int:
+    """Processes taking part in one optimizer step: devices per node x nodes."""
+    devices = trainer.devices
+    n = devices if isinstance(devices, int) else (len(devices) if isinstance(devices, list) else 1)
+    return max(1, n) * trainer.num_nodes
+
+
+def check_run_config(cfg: RunConfig, overrides: list[str] | None = None) -> None:
+    """Checks that involve more than one group (single values are checked by the schemas)."""
+    if not cfg.loss.hard_neg and cfg.data.batch_size * world_size(cfg.trainer) < 2:
+        raise ConfigError(
+            "data.batch_size=1 with loss.hard_neg=false leaves InfoNCE no negative: the loss is "
+            "0 whatever the model does; use data.batch_size >= 2 or loss.hard_neg=true"
+        )
+    if cfg.model.trust_remote_code and not any(
+        o.lstrip("+").startswith("model.trust_remote_code=") for o in overrides or []
+    ):
+        raise ConfigError(
+            "model.trust_remote_code=true runs Python code from the model's files: it is only "
+            "accepted on the command line (model.trust_remote_code=true), never from a file"
+        )
+    if cfg.loss.hard_neg and not cfg.data.negative_column:
+        raise ConfigError(
+            "loss.hard_neg=true needs hard negatives but data.negative_column is null; "
+            "set loss.hard_neg=false or name the negative column"
+        )
+    if cfg.loss.grad_cache_chunk_size and cfg.trainer.accumulate_grad_batches > 1:
+        raise ConfigError(
+            "loss.grad_cache_chunk_size and trainer.accumulate_grad_batches > 1 do not combine: "
+            "gradient caching already trains the whole batch at once"
+        )
+
+
 def register_configs() -> None:
     """Register the schemas so that YAML files are merged onto typed nodes."""
     cs = ConfigStore.instance()

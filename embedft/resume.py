@@ -45,6 +45,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 
+from embedft.checkpoint import load_checkpoint
+from embedft.config import ConfigError, RunConfig
+
 log = logging.getLogger(__name__)
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -326,3 +329,31 @@ def _in_main_thread() -> bool:
 def _plain_slurm_job() -> bool:
     """A SLURM batch job not managed by submitit (which requeues through its own handler)."""
     return "SLURM_JOB_ID" in os.environ and "SUBMITIT_FOLDER" not in os.environ
+
+
+def find_resume(
+    cfg: RunConfig, ckpt_dir: Path, multirun: bool = False
+) -> tuple[str | None, dict[str, Any]]:
+    """The checkpoint to resume from (validated, before any model loads) and its run state."""
+    # A sweep job that finds a last.ckpt in its own output dir was requeued (preempted or timed
+    # out on SLURM: submitit resubmits the same job) or its sweep is being rerun: continue it.
+    path: Path | None = None
+    if cfg.resume == "auto" or (cfg.resume is None and multirun):
+        last = ckpt_dir / ResumeCheckpoint.FILENAME
+        path = last if last.exists() else None
+    elif cfg.resume is not None:
+        path = Path(cfg.resume)
+    if path is None:
+        return None, {}
+    ckpt = load_checkpoint(path, key="resume")
+    saved_model = ckpt["embedft_config"].get("model", {}).get("name")
+    if saved_model != cfg.model.name:
+        raise ConfigError(
+            f"resume: {path} was trained with model={saved_model}, this run has "
+            f"model={cfg.model.name}"
+        )
+    log.info("resuming from %s (step %s)", path, ckpt.get("global_step"))
+    state = dict(ckpt.get("embedft_run") or {})
+    state["global_step"] = int(ckpt.get("global_step", 0))
+    state["log_row"] = ckpt.get("embedft_log_row")
+    return str(path), state

@@ -59,12 +59,12 @@ def main(argv: list[str]) -> None:
     print(f"\nSTSBenchmark test, base {cfg.model.name}: {before['STSBenchmark']:.2f}", flush=True)
 
     results = train(dcfg)
-    after = results["sts"]["STSBenchmark"]
+    after = results.sts["STSBenchmark"]
     minutes = (time.perf_counter() - started) / 60
     print(
         f"\nSTSBenchmark test (Spearman x100), {cfg.model.name}:\n"
         f"  before fine-tuning: {before['STSBenchmark']:6.2f}\n"
-        f"  after {results['train']['global_step']} steps:    {after:6.2f}\n"
+        f"  after {results.train['global_step']} steps:    {after:6.2f}\n"
         f"run directory: {out}   wall time: {minutes:.1f} min"
     )
 

@@ -5,9 +5,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from embedft.config import ConfigError, RunConfig, to_object
+from embedft.config import ConfigError, RunConfig, check_run_config, to_object
 from embedft.paths import conf_dir
-from embedft.run import check_run_config
 
 
 def _compose(*overrides):
