@@ -18,6 +18,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from embedft.eval.tasks import STS_TASKS
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the key and what is allowed."""
@@ -38,17 +40,7 @@ def _one_of(key: str, value: Any, allowed: tuple) -> None:
 
 MODEL_SOURCES = ("hub", "local", "gguf_package", "package", "tiny")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-ALL_STS_TASKS = (
-    "STS12",
-    "STS13",
-    "STS14",
-    "STS15",
-    "STS16",
-    "STS17",
-    "STSBenchmark",
-    "BIOSSES",
-    "SICK-R",
-)
+ALL_STS_TASKS = tuple(STS_TASKS)  # every row of the task table, in its (report) order
 
 
 @dataclass
@@ -259,12 +251,18 @@ class EvalConfig:
     source: str = "local"  # local | hub (MTEB datasets)
     batch_size: int = 64
     every_n_steps: int = 100  # STSB-dev validation frequency in optimizer steps; 0: off
-    split: str = "test"
+    split: str = "test"  # a split every task in eval.tasks has (embedft/eval/tasks.py)
     after_fit: bool = True
 
     def __post_init__(self) -> None:
-        unknown = [t for t in self.tasks if t not in ALL_STS_TASKS]
-        _check(not unknown, f"eval.tasks has unknown {unknown}; known: {list(ALL_STS_TASKS)}")
+        unknown = [t for t in self.tasks if t not in STS_TASKS]
+        _check(not unknown, f"eval.tasks has unknown {unknown}; known: {list(STS_TASKS)}")
+        lacking = [t for t in self.tasks if self.split not in STS_TASKS[t].splits]
+        _check(
+            not lacking,
+            f"eval.split={self.split!r} is not a split of {lacking}; "
+            f"only {[t for t in STS_TASKS if self.split in STS_TASKS[t].splits]} have it",
+        )
         _one_of("eval.source", self.source, ("local", "hub"))
         _check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
         _check(

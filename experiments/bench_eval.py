@@ -39,7 +39,8 @@ from omegaconf import OmegaConf
 
 from embedft.config import ModelConfig, to_object
 from embedft.eval.encoder import encode_texts
-from embedft.eval.sts import TASKS, load_tasks
+from embedft.eval.sts import load_tasks
+from embedft.eval.tasks import STS_TASKS
 from embedft.model.embedder import Embedder, build_embedder
 from embedft.model.sources import resolve_model_dir
 from embedft.paths import conf_dir, repo_root
@@ -226,7 +227,7 @@ def main() -> None:
         "models": [],
     }
     # The whole 9-task suite, for scale: how much encoding deduplication saves there.
-    suite = load_tasks(list(TASKS))
+    suite = load_tasks(list(STS_TASKS))
     suite_texts = [s for p in suite.values() for s in (*p.sentences1, *p.sentences2)]
     report["suite"] = {"sentences": len(suite_texts), "unique": len(set(suite_texts))}
     for name in args.models:

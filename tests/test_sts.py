@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from embedft.eval import sts
 from embedft.eval.sts import (
-    MTEB_PAIR_COUNTS,
-    TASKS,
     StsDataError,
     cosine_spearman,
     evaluate_sts,
@@ -20,6 +18,7 @@ from embedft.eval.sts import (
     load_tasks,
     paired_cosine_similarity,
 )
+from embedft.eval.tasks import STS_TASKS
 
 
 def _write(path: Path, text: str) -> Path:
@@ -43,9 +42,11 @@ def test_local_pair_counts_equal_mteb(shared_data):
     # Given the offline copies README names as matching MTEB
     root = shared_data
     # When every task's test split is loaded
-    counts = {task: len(load_task(task, root)) for task in TASKS}
-    # Then the pair counts are MTEB's
-    assert counts == {
+    counts = {task: len(load_task(task, root)) for task in STS_TASKS}
+    # Then the pair counts are MTEB's, as the task table says
+    assert counts == {task: row.test_pairs for task, row in STS_TASKS.items()}
+    # and the paper's 9 have these (written out: a pin against accidental table edits)
+    papers = {
         "STS12": 3108,
         "STS13": 1500,
         "STS14": 3750,
@@ -56,7 +57,7 @@ def test_local_pair_counts_equal_mteb(shared_data):
         "BIOSSES": 100,
         "SICK-R": 9927,
     }
-    assert counts == MTEB_PAIR_COUNTS
+    assert {task: counts.get(task) for task in papers} == papers
 
 
 def test_local_copies_match_readme_mean_scores_and_stsb_dev(shared_data):
@@ -147,7 +148,7 @@ def test_unknown_task_error_lists_known_tasks(tmp_path):
     with pytest.raises(ValueError) as err:
         load_tasks(["STSBenchmark", "STS99"], tmp_path)
     assert "'STS99'" in str(err.value)
-    for task in TASKS:
+    for task in STS_TASKS:
         assert task in str(err.value)
 
 
@@ -206,8 +207,8 @@ def test_hub_loader_uses_mteb_dataset_subset_and_split(monkeypatch):
     load_tasks(["STSBenchmark"], split="dev", source="hub")
     # Then the en-en subset and the "validation" split are asked for, at MTEB's revisions
     assert calls == [
-        ("mteb/sts17-crosslingual-sts", "en-en", "test", sts.HUB_DATASETS["STS17"][2]),
-        ("mteb/stsbenchmark-sts", None, "validation", sts.HUB_DATASETS["STSBenchmark"][2]),
+        ("mteb/sts17-crosslingual-sts", "en-en", "test", STS_TASKS["STS17"].hub.revision),
+        ("mteb/stsbenchmark-sts", None, "validation", STS_TASKS["STSBenchmark"].hub.revision),
     ]
     assert (sts17.sentences1, sts17.sentences2, sts17.scores) == (
         ["a", "b"],
@@ -216,9 +217,10 @@ def test_hub_loader_uses_mteb_dataset_subset_and_split(monkeypatch):
     )
 
 
-def test_every_task_has_a_hub_dataset():
-    assert set(sts.HUB_DATASETS) == set(TASKS)
-    assert sts.HUB_DATASETS["SICK-R"][0] == "mteb/sickr-sts"
+def test_every_task_has_a_hub_dataset_at_a_pinned_revision():
+    for row in STS_TASKS.values():
+        assert row.hub.path and re.fullmatch("[0-9a-f]{40}", row.hub.revision), row
+    assert STS_TASKS["SICK-R"].hub.path == "mteb/sickr-sts"
 
 
 # --- scoring ----------------------------------------------------------------------------------
