@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from embedft.checkpoint import load_checkpoint
 from embedft.config import ConfigError, RunConfig, to_object
 from embedft.data.datamodule import TripletDataModule, check_data
-from embedft.loss import InfoNCELoss
+from embedft.losses import build_loss
 from embedft.model.embedder import build_embedder, resolve_dtype
 from embedft.module import EmbeddingModule
 from embedft.paths import data_dir
@@ -226,12 +226,7 @@ def _fit_and_evaluate(cfg, dcfg, out, overrides, group, results) -> Any:
     datamodule.num_examples = data_report.rows_used
     world = _world_size(cfg)
     steps = total_steps(cfg, datamodule.batches_per_epoch(world))
-    loss_fn = InfoNCELoss(
-        cfg.loss.temperature,
-        cfg.loss.hard_neg,
-        cfg.loss.gather_across_ranks,
-        cfg.loss.mask_duplicate_positives,
-    )
+    loss_fn = build_loss(cfg.loss)
     logger = build_logger(cfg.logger, out, overrides, group, run_id=resume_state.get("wandb_id"))
     if resume is not None:
         continue_csv_log(logger, resume_state["global_step"], resume_state.get("log_row"))
