@@ -19,6 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from embedft.eval.tasks import STS_TASKS
+from embedft.losses import DEFAULT_LOSS, loss_names  # names only: imports no loss, nor torch
 
 
 class ConfigError(ValueError):
@@ -93,8 +94,12 @@ class LoraConfig:
 
 @dataclass
 class LossConfig:
-    """InfoNCE (paper Eq. 1 with hard_neg=true, Eq. 2 with hard_neg=false)."""
+    """The training loss: ``name`` picks ``embedft/losses/<name>.py``; the rest are its settings.
 
+    The default, InfoNCE, is paper Eq. 1 with hard_neg=true and Eq. 2 with hard_neg=false.
+    """
+
+    name: str = DEFAULT_LOSS  # a file of embedft/losses/, or a loss given to register_loss
     temperature: float = 0.05
     hard_neg: bool = True
     gather_across_ranks: bool = True
@@ -102,6 +107,7 @@ class LossConfig:
     grad_cache_chunk_size: int = 0  # 0: off; else GradCache sub-batch size (texts per forward)
 
     def __post_init__(self) -> None:
+        _one_of("loss.name", self.name, tuple(loss_names()))
         _finite("loss.temperature", self.temperature)
         _check(self.temperature > 0, f"loss.temperature must be > 0, got {self.temperature}")
         _check(

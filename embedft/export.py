@@ -49,6 +49,7 @@ from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBas
 
 from embedft.checkpoint import CheckpointError, load_checkpoint
 from embedft.config import ModelConfig
+from embedft.losses import loss_card
 from embedft.model.embedder import (
     Embedder,
     build_embedder,
@@ -414,7 +415,7 @@ def model_card(meta: dict[str, Any], config: dict[str, Any], results: dict[str, 
         f"# {model['name']} sentence embeddings (embedft)",
         "",
         f"`{model['path']}` ({model['source']}) fine-tuned into a sentence-embedding model with "
-        "LoRA and InfoNCE by embedft. Embeddings are the "
+        "LoRA by embedft. Embeddings are the "
         + (
             "hidden state of an appended EOS token"
             if meta["pooling"] == "last"
@@ -483,11 +484,7 @@ def _training_rows(config: dict[str, Any], meta: dict[str, Any]) -> list[tuple[s
             f"r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
             f"init={lora.get('init')}, targets={targets}",
         ),
-        (
-            "loss",
-            f"InfoNCE, temperature={loss.get('temperature')}, "
-            f"hard negatives={loss.get('hard_neg')}",
-        ),
+        ("loss", loss_card(loss)),
         ("data", f"{data.get('name')} (`{data.get('path')}`), batch size {data.get('batch_size')}"),
         (
             "optimiser",

@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from embedft.config import OptimConfig
 from embedft.grad_cache import _trim, grad_cache_backward
-from embedft.loss import InfoNCELoss
+from embedft.losses import Loss
 from embedft.model.embedder import Embedder, trainable_state_dict
 
 
@@ -109,7 +109,7 @@ class EmbeddingModule(L.LightningModule):
     def __init__(
         self,
         embedder: Embedder,
-        loss_fn: InfoNCELoss,
+        loss_fn: Loss,
         optim: OptimConfig,
         total_steps: int,
         config: dict[str, Any] | None = None,

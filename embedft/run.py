@@ -30,7 +30,7 @@ from embedft.checkpoint import load_checkpoint
 from embedft.config import RunConfig, check_run_config, to_object, world_size
 from embedft.data.datamodule import TripletDataModule, check_data
 from embedft.launch import claim_gpus, job_context, on_gpu
-from embedft.loss import InfoNCELoss
+from embedft.losses import build_loss
 from embedft.model.embedder import build_embedder, resolve_dtype
 from embedft.module import EmbeddingModule
 from embedft.paths import data_dir
@@ -108,15 +108,9 @@ def fit_and_evaluate(cfg: RunConfig, out: Path, group: str | None, results: Resu
     logger = build_logger(cfg.logger, out, results.overrides, group, run_id=state.get("wandb_id"))
     if resume_from is not None:
         resume.continue_csv_log(logger, state["global_step"], state.get("log_row"))
-    loss = InfoNCELoss(
-        cfg.loss.temperature,
-        cfg.loss.hard_neg,
-        cfg.loss.gather_across_ranks,
-        cfg.loss.mask_duplicate_positives,
-    )
     module = EmbeddingModule(
         embedder,
-        loss,
+        build_loss(cfg.loss),
         cfg.optim,
         steps,
         config=results.config,

@@ -259,7 +259,7 @@ def worker_embedft(args) -> None:
     import torch
 
     from embedft.data.datamodule import TripletDataModule, check_data
-    from embedft.loss import InfoNCELoss
+    from embedft.losses.infonce import InfoNCELoss
     from embedft.model.embedder import build_embedder
     from embedft.model.sources import resolve_model_dir
     from embedft.module import EmbeddingModule

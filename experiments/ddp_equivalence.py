@@ -5,9 +5,10 @@ the tiny random Llama (``model=tiny_llama``) + LoRA r=4 (dropout 0, so every pas
 deterministic; LoRA B is made non-zero so that A gets gradients too).
 
 Each of 2 ranks embeds its own rows (anchors, positives, negatives of its triplets), computes
-``InfoNCELoss(gather_across_ranks=True)``, whose candidates are gathered from both ranks with
-gradients, runs backward, then averages the LoRA gradients over the ranks with all_reduce (what
-DDP's reducer does). Rank r's local loss is the mean over its B_r rows, so DDP optimises
+``InfoNCELoss(gather_across_ranks=True)`` (``embedft.losses.infonce``), whose candidates are
+gathered from both ranks with gradients, runs backward, then averages the LoRA gradients over the
+ranks with all_reduce (what DDP's reducer does). Rank r's local loss is the mean over its B_r
+rows, so DDP optimises
 
     L_ddp = 1/W * sum_r 1/B_r * sum_{i in rank r} l_i
 
@@ -19,8 +20,9 @@ the script also prints how far the plain mean is, to show that this case tells t
 
 Cases: equal halves (3+3), unequal (3+2), Eq. 2 without hard negatives, gradient caching
 (``embedft.grad_cache.grad_cache_backward``, sub-batches of 2 texts) with the gathering loss on
-equal and unequal halves, and a control without gathering that must NOT match (a check that can
-fail). Tolerance: |loss difference| and max |gradient difference| <= 1e-5 (float32; the largest
+equal and unequal halves, ``loss=symmetric_infonce`` (which gathers the anchors too) on unequal
+halves, and a control without gathering that must NOT match (a check that can fail).
+Tolerance: |loss difference| and max |gradient difference| <= 1e-5 (float32; the largest
 gradients are 2 to 5, the measured differences about 2e-6).
 
 Prints one JSON object (also written to ``--json PATH``) and exits 0 when every case holds.
@@ -41,7 +43,9 @@ import torch.multiprocessing as mp
 
 from embedft.config import LoraConfig, ModelConfig
 from embedft.grad_cache import grad_cache_backward
-from embedft.loss import InfoNCELoss, info_nce_from_scores
+from embedft.losses import loss_class
+from embedft.losses.infonce import info_nce
+from embedft.losses.symmetric_infonce import symmetric_info_nce
 from embedft.model.embedder import Embedder, build_embedder
 
 WORLD = 2
@@ -55,14 +59,15 @@ TRIPLETS = [
     ("a red car drives fast", "a car is on the road", "a car is parked"),
     ("a child is eating food", "a child eats", "a child is running"),
 ]
-# name -> (rows of rank 0, rows of rank 1, hard_neg, gather, grad-cache chunk size or 0)
-CASES: dict[str, tuple[list[int], list[int], bool, bool, int]] = {
-    "equal_3_3": ([0, 1, 2], [3, 4, 5], True, True, 0),
-    "unequal_3_2": ([0, 1, 2], [3, 4], True, True, 0),
-    "equal_3_3_no_hard_neg": ([0, 1, 2], [3, 4, 5], False, True, 0),
-    "grad_cache_equal_3_3": ([0, 1, 2], [3, 4, 5], True, True, 2),
-    "grad_cache_unequal_3_2": ([0, 1, 2], [3, 4], True, True, 2),
-    "control_no_gather_3_3": ([0, 1, 2], [3, 4, 5], True, False, 0),  # must differ
+# name -> (rows of rank 0, rows of rank 1, hard_neg, gather, grad-cache chunk size or 0, loss)
+CASES: dict[str, tuple[list[int], list[int], bool, bool, int, str]] = {
+    "equal_3_3": ([0, 1, 2], [3, 4, 5], True, True, 0, "infonce"),
+    "unequal_3_2": ([0, 1, 2], [3, 4], True, True, 0, "infonce"),
+    "equal_3_3_no_hard_neg": ([0, 1, 2], [3, 4, 5], False, True, 0, "infonce"),
+    "grad_cache_equal_3_3": ([0, 1, 2], [3, 4, 5], True, True, 2, "infonce"),
+    "grad_cache_unequal_3_2": ([0, 1, 2], [3, 4], True, True, 2, "infonce"),
+    "symmetric_unequal_3_2": ([0, 1, 2], [3, 4], True, True, 0, "symmetric_infonce"),
+    "control_no_gather_3_3": ([0, 1, 2], [3, 4, 5], True, False, 0, "infonce"),  # must differ
 }
 
 
@@ -97,7 +102,7 @@ def lora_grads(embedder: Embedder) -> dict[str, torch.Tensor]:
 
 def reference(embedder: Embedder, case: tuple) -> tuple[float, dict, float, dict]:
     """One process, all rows: the DDP objective L_ddp, and the plain full-batch mean."""
-    rows0, rows1, hard_neg, _, _ = case
+    rows0, rows1, hard_neg, _, _, loss_name = case
     rows = rows0 + rows1
     batch = tokenize(embedder, rows)
     out = []
@@ -105,14 +110,20 @@ def reference(embedder: Embedder, case: tuple) -> tuple[float, dict, float, dict
         embedder.zero_grad(set_to_none=True)
         anchor, positive, negative = split(embedder(**batch), len(rows), hard_neg)  # (N, H) each
         if objective == "plain":
-            loss = InfoNCELoss(TEMPERATURE, hard_neg)(anchor, positive, negative)
+            loss = loss_class(loss_name)(TEMPERATURE, hard_neg)(anchor, positive, negative)
         else:
-            cand = torch.cat([positive, negative]) if hard_neg else positive  # (C, H)
             per_rank = []
             for start, local in ((0, rows0), (len(rows0), rows1)):
-                labels = torch.arange(start, start + len(local))  # (B_r,)
-                scores = anchor[start : start + len(local)] @ cand.T  # (B_r, C)
-                per_rank.append(info_nce_from_scores(scores, labels, TEMPERATURE))
+                own = slice(start, start + len(local))  # rank r's rows of the global batch
+                if loss_name == "symmetric_infonce":
+                    term = symmetric_info_nce(
+                        anchor, positive, negative, temperature=TEMPERATURE, rows=own
+                    )
+                else:
+                    term = info_nce(
+                        anchor[own], positive, negative, temperature=TEMPERATURE, offset=start
+                    )
+                per_rank.append(term)
             loss = torch.stack(per_rank).mean()
         loss.backward()
         out += [loss.item(), lora_grads(embedder)]
@@ -124,10 +135,10 @@ def worker(rank: int, store: str, result_path: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     embedder = build()
     results = {}
-    for name, (rows0, rows1, hard_neg, gather, chunk) in CASES.items():
+    for name, (rows0, rows1, hard_neg, gather, chunk, loss_name) in CASES.items():
         local = rows0 if rank == 0 else rows1
         batch = tokenize(embedder, local)
-        loss_fn = InfoNCELoss(TEMPERATURE, hard_neg, gather_across_ranks=gather)
+        loss_fn = loss_class(loss_name)(TEMPERATURE, hard_neg, gather_across_ranks=gather)
         n = len(local)
         embedder.zero_grad(set_to_none=True)
         if chunk:
@@ -181,6 +192,7 @@ def main() -> int:
             "hard_neg": case[2],
             "gather": case[3],
             "grad_cache_chunk": case[4],
+            "loss": case[5],
             "loss_ddp": ddp[name]["loss"],
             "loss_reference": ref_loss,
             "loss_abs_diff": loss_diff,

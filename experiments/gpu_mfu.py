@@ -56,7 +56,7 @@ import torch
 from transformers import AutoModel, GemmaConfig
 
 from embedft.config import LoraConfig, ModelConfig
-from embedft.loss import InfoNCELoss
+from embedft.losses.infonce import InfoNCELoss
 from embedft.model.embedder import Embedder, apply_lora
 from embedft.module import embed_in_sub_batches, pack_texts
 

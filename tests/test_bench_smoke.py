@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from embedft.config import OptimConfig
-from embedft.loss import InfoNCELoss
+from embedft.losses.infonce import InfoNCELoss
 from embedft.model.embedder import Embedder
 from embedft.module import EmbeddingModule, embed_in_sub_batches, pack_texts
 from embedft.paths import repo_root

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from embedft import encode, export
 from embedft.checkpoint import CheckpointError, load_checkpoint
 from embedft.config import to_object
-from embedft.loss import InfoNCELoss
+from embedft.losses.infonce import InfoNCELoss
 from embedft.model import embedder as embedder_module
 from embedft.model.embedder import build_embedder, load_embedder_from_checkpoint
 from embedft.module import EmbeddingModule

@@ -46,6 +46,7 @@ def test_the_script_passes_and_says_so(report):
         "equal_3_3_no_hard_neg",
         "grad_cache_equal_3_3",
         "grad_cache_unequal_3_2",
+        "symmetric_unequal_3_2",
     ],
 )
 def test_two_ranks_match_one_process(report, case):

@@ -23,7 +23,7 @@ from embedft.export import (
     model_card,
     tokenizer_appending_eos,
 )
-from embedft.loss import InfoNCELoss
+from embedft.losses.infonce import InfoNCELoss
 from embedft.model.embedder import build_embedder, load_embedder_from_checkpoint
 from embedft.model.sources import load_tokenizer, resolve_model_dir
 from embedft.model.tokenize import tokenize_with_eos
@@ -237,6 +237,7 @@ def test_model_card_front_matter_config_and_results(merged_export):
     assert "| STS12 | 61.23 |" in card and "| **Average** | 65.62 |" in card
     assert "r=8, alpha=32, dropout=0.1, init=gaussian, targets=['q_proj', 'v_proj']" in card
     assert "| steps | 3 |" in card
+    assert "| loss | InfoNCE, temperature=0.05, hard negatives=True |" in card
 
 
 def test_model_card_for_a_hub_model_names_base_model_and_hub_licence():

@@ -1,11 +1,11 @@
-"""InfoNCE: hand-computed values for paper Eq. 1 and Eq. 2, masking, and input checks."""
+"""InfoNCE (embedft/losses/infonce.py): hand-computed Eq. 1 / Eq. 2, masking, input checks."""
 
 import math
 
 import pytest
 import torch
 
-from embedft.loss import InfoNCELoss
+from embedft.losses.infonce import InfoNCELoss, info_nce, same_text_as_positive
 
 
 def _unit(*rows):
@@ -76,3 +76,40 @@ def test_hard_neg_without_negatives_is_an_error():
 def test_temperature_must_be_positive():
     with pytest.raises(ValueError, match="temperature must be > 0"):
         InfoNCELoss(temperature=0)
+
+
+@pytest.mark.parametrize("hard_neg", [True, False])
+def test_pure_function_is_the_hand_computation_and_the_module(hard_neg):
+    # Given the same triplets; When the pure function on embeddings is called directly
+    negative = NEGATIVE if hard_neg else None
+    pure = info_nce(ANCHOR, POSITIVE, negative, temperature=0.5)
+    # Then it is Eq. 1 / Eq. 2, and exactly what the module's forward computes
+    assert pure.item() == pytest.approx(_expected(0.5, hard_neg), rel=1e-5)
+    assert torch.equal(
+        pure, InfoNCELoss(temperature=0.5, hard_neg=hard_neg)(ANCHOR, POSITIVE, NEGATIVE)
+    )
+
+
+def test_offset_scores_a_slice_of_rows_against_the_whole_batch():
+    # Given 6 triplets split into rows 0-2 and 3-5 (two ranks' shares of one global batch)
+    a, p, n = torch.randn(3, 6, 8, generator=torch.Generator().manual_seed(0)).unbind(0)
+    # When each half is scored against all candidates, labels offset by its first row
+    halves = [info_nce(a[i : i + 3], p, n, temperature=0.1, offset=i) for i in (0, 3)]
+    # Then the mean of the two halves is the full-batch loss; without the offset it is not
+    full = info_nce(a, p, n, temperature=0.1)
+    assert torch.stack(halves).mean().item() == pytest.approx(full.item(), rel=1e-6)
+    wrong = info_nce(a[3:], p, n, temperature=0.1)
+    assert abs((halves[0] + wrong).item() / 2 - full.item()) > 1e-3
+
+
+def test_same_text_mask_spares_the_rows_own_positive():
+    # Given rows 1 and 2 of a batch (offset 1) and candidates keyed [5, 7, 7, 9]
+    mask = same_text_as_positive(torch.tensor([7, 7]), torch.tensor([5, 7, 7, 9]), offset=1)
+    # Then row 1 masks candidate 2 (same text) but not 1 (its own); row 2 the reverse
+    assert mask.tolist() == [[False, False, True, False], [False, True, False, False]]
+
+
+def test_card_names_the_loss_and_its_settings():
+    assert (
+        InfoNCELoss(0.05, hard_neg=False).card == "InfoNCE, temperature=0.05, hard negatives=False"
+    )

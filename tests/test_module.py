@@ -5,7 +5,7 @@ import torch
 
 from embedft.config import OptimConfig
 from embedft.grad_cache import grad_cache_backward
-from embedft.loss import InfoNCELoss
+from embedft.losses.infonce import InfoNCELoss
 from embedft.module import EmbeddingModule, warmup_cosine
 from tests.conftest import assert_same_grads, lora_grads, make_embedder, triplet_batch
 

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from embedft.config import to_object
 from embedft.data.datamodule import TripletDataModule, check_data
-from embedft.loss import InfoNCELoss
+from embedft.losses.infonce import InfoNCELoss
 from embedft.model.embedder import build_embedder, load_embedder_from_checkpoint
 from embedft.module import EmbeddingModule
 from embedft.paths import conf_dir, repo_root
