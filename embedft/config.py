@@ -296,13 +296,16 @@ class RunConfig:
 
 @dataclass
 class EvaluateConfig:
-    """Root of ``python -m embedft.evaluate``."""
+    """python -m embedft.evaluate model=NAME [ckpt=PATH] [eval.tasks=[STSBenchmark,SICK-R]]
+
+    The 9 STS tasks (Spearman x 100) of a base model, a training checkpoint or an export.
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    ckpt: str | None = None
-    device: str = "auto"
+    ckpt: str | None = None  # a training checkpoint or an export dir; null: model= as it is
+    device: str = "auto"  # auto: cuda if available, else cpu
 
 
 def world_size(trainer: TrainerConfig) -> int:
@@ -394,7 +397,16 @@ def _process_uid() -> str:
     return _UID
 
 
+def _help_text(*, _root_: DictConfig) -> str:
+    """``${embedft_help:}``: every entry point's ``--help`` (conf/hydra/help/embedft.yaml)."""
+    from embedft.cli import help_text  # embedft.cli builds on this module
+
+    return help_text(_root_)
+
+
 _UID = f"{os.getpid() % 0x10000:04x}{secrets.token_hex(2)}"
 register_configs()
 if not OmegaConf.has_resolver("uid"):
     OmegaConf.register_new_resolver("uid", _process_uid, use_cache=True)
+if not OmegaConf.has_resolver("embedft_help"):
+    OmegaConf.register_new_resolver("embedft_help", _help_text)

@@ -1,21 +1,15 @@
 """Embed texts from a file or stdin: ``python -m embedft.encode ckpt=PATH input=FILE output=FILE``.
 
-Arguments (key=value):
-  ckpt=PATH          a training checkpoint (.ckpt) or an export directory (python -m embedft.export)
-  model=NAME         instead of ckpt: the base model conf/model/NAME.yaml, without LoRA
-  input=FILE|-       .txt: one text per line (every line, blank ones too, so row i is line i);
-                     .jsonl: one JSON object per line, text under text_field; -: stdin
-  output=FILE|-      .npy: float32 array (N, H); .jsonl: each input record plus "embedding";
-                     -: JSON lines on stdout
-  text_field=text    the jsonl field holding the text
-  input_format=auto  auto (by extension; stdin: txt) | txt | jsonl
-  batch_size=64      texts per forward pass
-  device=auto        auto (cuda when available) | cpu | cuda | cuda:N
-  max_length=0       0: the model's own; else cut texts to this many tokens
-  trust_remote_code=false   true: let the model run code shipped with it (never read from ckpt)
+``ckpt`` is a training checkpoint or an export directory (``embedft.model.load``); ``model=NAME``
+instead embeds with the base model ``conf/model/NAME.yaml`` (no LoRA). ``input``: ``.txt`` (one
+text per line, every line, blank ones too, so row i is line i), ``.jsonl`` (the text under
+``text_field``) or ``-`` (stdin); ``output``: ``.npy`` (float32, (N, H)), ``.jsonl`` (each input
+record plus ``"embedding"``) or ``-`` (JSON lines on stdout). ``--help`` lists every key.
 
-Embeddings are L2-normalised. A progress bar goes to stderr. Texts are encoded longest first,
-each distinct text once (``embedft.eval.encoder.encode_texts``), and written in input order.
+Embeddings are L2-normalised. A progress bar and logs go to stderr. Texts are encoded longest
+first, each distinct text once (``embedft.eval.encoder.encode_texts``), and written in input
+order. Errors (a bad checkpoint, an input that is not UTF-8 text, an unwritable output) are one
+line on stderr and exit code 2, before any model loads where they can be.
 """
 
 from __future__ import annotations
@@ -24,28 +18,58 @@ import io
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import hydra
 import numpy as np
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
 
-from embedft.export import UsageError, parse_args, require
+from embedft.cli import log_to_stderr, one_line_errors, tool_config
+from embedft.config import ConfigError, ModelConfig
+from embedft.paths import conf_dir
 
 log = logging.getLogger("embedft.encode")
 
-DEFAULTS: dict[str, Any] = {
-    "ckpt": None,
-    "model": None,
-    "input": None,
-    "output": None,
-    "text_field": "text",
-    "input_format": "auto",
-    "batch_size": 64,
-    "device": "auto",
-    "max_length": 0,
-    "trust_remote_code": False,
-}
+INPUT_FORMATS = ("auto", "txt", "jsonl")
 OUTPUT_SUFFIXES = (".npy", ".jsonl")
+
+
+@dataclass
+class EncodeConfig:
+    """python -m embedft.encode ckpt=PATH input=FILE output=FILE   (or model=NAME, not ckpt)
+
+    Embed texts from a file or stdin (input=-) into .npy, .jsonl or stdout (output=-):
+    L2-normalised, one row per input line or record, in input order.
+    """
+
+    ckpt: str | None = None  # a training checkpoint (.ckpt) or an export dir (embedft.export)
+    model: ModelConfig | None = None  # instead of ckpt: the base model conf/model/NAME.yaml
+    input: str = MISSING  # .txt: a text per line (row i = line i); .jsonl: records; -: stdin
+    output: str = MISSING  # .npy: float32 (N, H); .jsonl: records + "embedding"; -: stdout
+    text_field: str = "text"  # the jsonl field holding the text
+    input_format: str = "auto"  # auto (by extension; stdin: txt) | txt | jsonl
+    batch_size: int = 64  # texts per forward pass
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+    max_length: int = 0  # 0: the model's own; else cut texts to this many tokens (>= 2)
+    trust_remote_code: bool = False  # true: ckpt's model may run code it ships (never from ckpt)
+
+    def __post_init__(self) -> None:
+        if bool(self.ckpt) == (self.model is not None):
+            raise ConfigError("give exactly one of ckpt=PATH or model=NAME")
+        if self.input_format not in INPUT_FORMATS:
+            raise ConfigError(
+                f"input_format must be one of {list(INPUT_FORMATS)}, got {self.input_format!r}"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_length == 1 or self.max_length < 0:
+            raise ConfigError(f"max_length must be 0 (the model's) or >= 2, got {self.max_length}")
+
+
+ConfigStore.instance().store(name="encode_schema", node=EncodeConfig)
 
 
 def read_records(source: str, input_format: str, text_field: str) -> list[dict[str, Any]]:
@@ -53,8 +77,8 @@ def read_records(source: str, input_format: str, text_field: str) -> list[dict[s
     fmt = input_format
     if fmt == "auto":
         fmt = "jsonl" if source != "-" and Path(source).suffix == ".jsonl" else "txt"
-    if fmt not in ("txt", "jsonl"):
-        raise UsageError(f"input_format must be auto, txt or jsonl, got {input_format!r}")
+    if fmt not in INPUT_FORMATS:
+        raise ValueError(f"input_format must be one of {list(INPUT_FORMATS)}, got {input_format!r}")
     if source == "-":
         data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
     elif not Path(source).is_file():
@@ -111,7 +135,7 @@ def check_output(output: str) -> None:
         return
     path = Path(output)
     if path.suffix not in OUTPUT_SUFFIXES:
-        raise UsageError(f"output={output}: expected a file ending in {OUTPUT_SUFFIXES} or -")
+        raise ValueError(f"output={output}: expected a file ending in {OUTPUT_SUFFIXES} or -")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"output={output}: directory {path.parent} does not exist")
 
@@ -130,70 +154,33 @@ def write_output(output: str, records: list[dict[str, Any]], embeddings: np.ndar
             handle.close()
 
 
-def base_model_config(name: str) -> Any:
-    """The ModelConfig of conf/model/NAME.yaml (validated)."""
-    from embedft.model.sources import model_config_by_name
-
-    try:
-        return model_config_by_name(name)
-    except ValueError as err:
-        raise UsageError(str(err)) from err
-
-
-def load(args: dict[str, Any]) -> Any:
-    """The Embedder that ``ckpt=`` or ``model=`` names, on ``device``."""
-    import torch
-
-    from embedft.export import load_embedder
-    from embedft.model.embedder import build_embedder
-
-    device = args["device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args["ckpt"]:
-        embedder = load_embedder(args["ckpt"], device, trust_remote_code=args["trust_remote_code"])
-    else:
-        embedder = build_embedder(base_model_config(args["model"]), None, device=device)
-    if args["max_length"]:
-        embedder.max_length = args["max_length"]
-    return embedder
-
-
-def encode(args: dict[str, Any]) -> int:
+def encode(cfg: EncodeConfig) -> int:
     """Read, embed, write; returns the number of texts embedded."""
     from embedft.eval.encoder import encode_texts
+    from embedft.model.load import load_embedder
 
-    if bool(args["ckpt"]) == bool(args["model"]):
-        raise UsageError("give exactly one of ckpt=PATH or model=NAME")
-    require(args, "input", "output")
-    if args["batch_size"] < 1:
-        raise UsageError(f"batch_size must be >= 1, got {args['batch_size']}")
-    if args["max_length"] == 1 or args["max_length"] < 0:
-        raise UsageError(f"max_length must be 0 (the model's) or >= 2, got {args['max_length']}")
-    check_output(args["output"])
-    records = read_records(args["input"], args["input_format"], args["text_field"])
+    check_output(cfg.output)
+    records = read_records(cfg.input, cfg.input_format, cfg.text_field)
     if not records:
-        raise ValueError(f"input={args['input']}: no texts to embed")
-    embedder = load(args)
-    texts = [r[args["text_field"]] for r in records]
-    embeddings = encode_texts(embedder, texts, args["batch_size"], show_progress=True)
-    write_output(args["output"], records, embeddings.numpy())
-    log.info("embedded %d texts (dim %d) -> %s", len(texts), embeddings.shape[1], args["output"])
+        raise ValueError(f"input={cfg.input}: no texts to embed")
+    embedder = load_embedder(
+        cfg.model or cfg.ckpt, cfg.device, trust_remote_code=cfg.trust_remote_code
+    )
+    if cfg.max_length:
+        embedder.max_length = cfg.max_length
+    texts = [r[cfg.text_field] for r in records]
+    embeddings = encode_texts(embedder, texts, cfg.batch_size, show_progress=True)
+    write_output(cfg.output, records, embeddings.numpy())
+    log.info("embedded %d texts (dim %d) -> %s", len(texts), embeddings.shape[1], cfg.output)
     return len(texts)
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv, DEFAULTS, __doc__)
-        encode(args)
-    except (UsageError, FileNotFoundError, ValueError) as err:
-        print(f"embedft.encode: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="encode")
+def main(dcfg: DictConfig) -> None:
+    log_to_stderr()
+    with one_line_errors("embedft.encode", FileNotFoundError, ValueError):
+        encode(tool_config(dcfg, EncodeConfig))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

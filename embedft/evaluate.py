@@ -1,9 +1,10 @@
 """Score a model on the STS tasks: ``python -m embedft.evaluate model=smollm2 [ckpt=PATH]``.
 
 Without ``ckpt`` the base model named by ``model`` is scored (no LoRA); with ``ckpt`` the
-fine-tuned model a training run saved (its own model config + adapters; ``model=`` is then
-ignored, except that ``model.trust_remote_code=true`` lets the checkpoint's model run its own
-code: the checkpoint itself can never switch that on). ``eval.tasks=[STSBenchmark,SICK-R]``
+fine-tuned model a training run saved, or an export of it (its own model config + adapters,
+loaded by ``embedft.model.load``; ``model=`` is then ignored, except that
+``model.trust_remote_code=true`` lets the checkpoint's model run its own code: the checkpoint
+itself can never switch that on). ``eval.tasks=[STSBenchmark,SICK-R]``
 picks tasks, ``eval.source=hub`` reads MTEB's datasets from the hub instead of the offline
 copies under ``paths.data_dir``.
 
@@ -19,29 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from embedft.checkpoint import load_checkpoint
 from embedft.config import EvaluateConfig, to_object
 from embedft.eval.sts import load_tasks, score_pairs
+from embedft.paths import conf_dir
 from embedft.tracking import write_json
 
 log = logging.getLogger("embedft.evaluate")
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` is the GPU when there is one, else the CPU."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def checkpoint_model_name(ckpt_path: str | Path) -> str | None:
-    """The model name stored in a training checkpoint (memory-mapped: tensors are not read)."""
-    model = load_checkpoint(ckpt_path)["embedft_config"].get("model")
-    return model.get("name") if isinstance(model, dict) else None
 
 
 def markdown_table(scores: dict[str, float], label: str) -> str:
@@ -55,7 +42,7 @@ def markdown_table(scores: dict[str, float], label: str) -> str:
 
 def evaluate(dcfg: DictConfig) -> dict[str, Any]:
     """Compose -> load the embedder -> score -> write results; returns the results dict."""
-    from embedft.model.embedder import build_embedder, load_embedder_from_checkpoint
+    from embedft.model.load import load_embedder, resolve_device, saved_model_name
 
     out = Path(dcfg.paths.output_dir)
     resolved = OmegaConf.to_container(dcfg, resolve=True)
@@ -78,13 +65,11 @@ def evaluate(dcfg: DictConfig) -> dict[str, Any]:
         # Data first: a missing file fails in a second, not after loading a large model.
         pairs = load_tasks(cfg.eval.tasks, cfg.paths.data_dir, cfg.eval.split, cfg.eval.source)
         started = time.perf_counter()
+        embedder = load_embedder(
+            cfg.ckpt or cfg.model, device, trust_remote_code=cfg.model.trust_remote_code
+        )
         if cfg.ckpt:
-            embedder = load_embedder_from_checkpoint(
-                cfg.ckpt, device, trust_remote_code=cfg.model.trust_remote_code
-            )
-            results["model"] = checkpoint_model_name(cfg.ckpt) or cfg.model.name
-        else:
-            embedder = build_embedder(cfg.model, None, device=device)
+            results["model"] = saved_model_name(cfg.ckpt) or cfg.model.name
         loaded = time.perf_counter()
         results["sts"] = score_pairs(embedder, pairs, cfg.eval.batch_size, show_progress=True)
         results["timing"] = {
@@ -107,7 +92,7 @@ def evaluate(dcfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="evaluate")
 def main(dcfg: DictConfig) -> float:
     return evaluate(dcfg)["sts"]["average"]
 

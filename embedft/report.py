@@ -1,8 +1,8 @@
-"""Sweep results -> one page a person reads: ``python -m embedft.report DIR [DIR ...] [--out DIR]``.
+"""Sweep results -> one page a person reads: ``python -m embedft.report dirs=DIR [out=DIR]``.
 
-Reads the ``results.json`` of every job under the given directories (a Hydra multirun dir, a
-single run dir, or several: e.g. a training sweep plus ``multirun/evaluate/...`` for the base
-models), never W&B, and writes into ``--out`` (default: the first DIR):
+Reads the ``results.json`` of every job under ``dirs`` (a Hydra multirun dir, a single run dir,
+or a list of them, ``dirs=[A,B]``: e.g. a training sweep plus ``multirun/evaluate/...`` for the
+base models), never W&B, and writes into ``out`` (default: the first of ``dirs``):
 
 - ``report.md``: the STS table in the paper's layout (rows: the 9 tasks, then "Avg ± std";
   columns: one per configuration, named by the overrides that differ between the jobs, base
@@ -22,19 +22,22 @@ runs of each run's task average. Standard deviations are sample ones (ddof=1).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import re
 import statistics
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hydra
 import yaml
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
 
-from embedft.config import ALL_STS_TASKS
+from embedft.cli import log_to_stderr, one_line_errors, tool_config
+from embedft.config import ALL_STS_TASKS, ConfigError
+from embedft.paths import conf_dir
 from embedft.tracking import name_from_overrides
 
 # The paper's short row names.
@@ -458,7 +461,7 @@ def build_report(dirs: list[Path], out: Path) -> Path:
     jobs = load_jobs(dirs)
     if not jobs:
         raise FileNotFoundError(
-            f"report: no job directory (results.json or .hydra/) under {[str(d) for d in dirs]}"
+            f"no job directory (results.json or .hydra/) under {[str(d) for d in dirs]}"
         )
     label_jobs(jobs)
     columns = group_columns(jobs)
@@ -496,22 +499,37 @@ def build_report(dirs: list[Path], out: Path) -> Path:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m embedft.report", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("dirs", nargs="+", type=Path, help="multirun/run dirs to read")
-    parser.add_argument("--out", type=Path, default=None, help="output dir (default: first DIR)")
-    args = parser.parse_args(argv)
-    try:
-        report = build_report(args.dirs, args.out or args.dirs[0])
-    except FileNotFoundError as err:
-        print(err, file=sys.stderr)
-        return 2
+@dataclass
+class ReportConfig:
+    """python -m embedft.report dirs=multirun/<sweep>/<time> [out=DIR]   (several: dirs=[A,B])
+
+    One page per sweep from its jobs' results.json: report.md (the STS table, job statuses,
+    plots), report.csv, runs.csv, sts_tasks.png, stsb_dev.png.
+    """
+
+    dirs: Any = MISSING  # a multirun or run dir, or a list [A,B] (a sweep + its base models)
+    out: str | None = None  # where the report goes; null: the first of dirs
+
+    def __post_init__(self) -> None:
+        dirs = [self.dirs] if isinstance(self.dirs, str) else self.dirs
+        if not dirs or not all(isinstance(d, str) and d for d in dirs):
+            raise ConfigError(f"dirs must be a directory or a list [A,B] of them, got {dirs!r}")
+        self.dirs = list(dirs)
+
+
+ConfigStore.instance().store(name="report_schema", node=ReportConfig)
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="report")
+def main(dcfg: DictConfig) -> None:
+    log_to_stderr()
+    with one_line_errors("embedft.report", FileNotFoundError, ConfigError):
+        cfg: ReportConfig = tool_config(dcfg, ReportConfig)
+        dirs = [Path(d) for d in cfg.dirs]
+        report = build_report(dirs, Path(cfg.out) if cfg.out else dirs[0])
     print(report.read_text())
     print(f"written: {report} (+ report.csv, runs.csv, PNG plots)")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -27,9 +27,9 @@ step base_decoders "$PY" -m embedft.evaluate -m model="$MODELS" model.dtype=bflo
   hydra.sweep.dir=multirun/offline_base/decoders
 step base_minilm "$PY" -m embedft.evaluate -m model=minilm hydra.sweep.dir=multirun/offline_base/minilm
 step finetune "$PY" -m embedft.run -m experiment=offline_finetune model="$MODELS"
-step report "$PY" -m embedft.report multirun/offline_base multirun/offline_finetune --out "$OUT"
+step report "$PY" -m embedft.report "dirs=[multirun/offline_base,multirun/offline_finetune]" "out=$OUT"
 # Keep every job's results.json, config.yaml and training metrics next to the report (the run dirs
-# also hold checkpoints and stay out of git): `python -m embedft.report $OUT/jobs --out DIR` rebuilds it.
+# also hold checkpoints and stay out of git): `python -m embedft.report dirs=$OUT/jobs out=DIR` rebuilds it.
 rm -rf "$OUT/jobs"
 for job in multirun/offline_base/*/*/ multirun/offline_finetune/*/; do
   [ -f "$job/results.json" ] || continue

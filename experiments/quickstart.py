@@ -11,6 +11,7 @@ e.g. ``python experiments/quickstart.py trainer.max_steps=100``.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from datetime import datetime
@@ -44,9 +45,7 @@ def main(argv: list[str]) -> None:
     started = time.perf_counter()
     triplets = repo_root() / "data" / "nli_triplets.csv"
     if not triplets.exists():
-        from embedft.data.prepare_nli import main as prepare
-
-        prepare([])
+        subprocess.run([sys.executable, "-m", "embedft.prepare_nli"], cwd=repo_root(), check=True)
     out = repo_root() / "outputs" / "quickstart" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         dcfg = compose("run", [*QUICK, *argv])

@@ -95,6 +95,25 @@ def assert_same_grads(a, b) -> None:
         torch.testing.assert_close(g_b[name], g_a[name], atol=1e-5, rtol=1e-4)
 
 
+def run_cli(main, *args: str) -> int:
+    """Run the ``@hydra.main`` entry point ``main`` in this process as ``python -m <its module>
+    args`` would, and return the exit code the process would have."""
+    import sys
+
+    from hydra.core.hydra_config import HydraConfig
+
+    argv = sys.argv
+    sys.argv = [main.__module__, *args]
+    try:
+        main()
+    except SystemExit as exited:
+        return 0 if exited.code is None else exited.code
+    finally:
+        sys.argv = argv
+        HydraConfig.instance().cfg = None  # as a fresh process: no Hydra app running
+    return 0
+
+
 @pytest.fixture
 def tokenizer():
     return make_tokenizer()

@@ -23,11 +23,12 @@ from embedft import encode, export
 from embedft.checkpoint import CheckpointError, load_checkpoint
 from embedft.config import to_object
 from embedft.losses.infonce import InfoNCELoss
-from embedft.model import embedder as embedder_module
-from embedft.model.embedder import build_embedder, load_embedder_from_checkpoint
+from embedft.model import load as load_module
+from embedft.model.embedder import build_embedder
+from embedft.model.load import METADATA_FILE, load_embedder, load_embedder_from_checkpoint
 from embedft.module import EmbeddingModule
 from embedft.paths import conf_dir, repo_root
-from tests.conftest import triplet_batch
+from tests.conftest import run_cli, triplet_batch
 from tests.test_export import make_run
 
 EXPECTED = "expected a .ckpt file written by python -m embedft.run"
@@ -93,8 +94,10 @@ def test_the_encode_and_export_commands_refuse_a_crafted_pickle(tmp_path, capsys
     ckpt = hostile_checkpoint(tmp_path / "evil.ckpt", marker)
     texts = _write(tmp_path / "texts.txt", b"a text\n")
     # When encode and export are given it / Then exit 2, one line each, and nothing ran
-    assert encode.main([f"ckpt={ckpt}", f"input={texts}", f"output={tmp_path / 'e.npy'}"]) == 2
-    assert export.main([f"ckpt={ckpt}", f"out={tmp_path / 'exported'}"]) == 2
+    assert (
+        run_cli(encode.main, f"ckpt={ckpt}", f"input={texts}", f"output={tmp_path / 'e.npy'}") == 2
+    )
+    assert run_cli(export.main, f"ckpt={ckpt}", f"out={tmp_path / 'exported'}") == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         _refusal("embedft.encode", ckpt),
         _refusal("embedft.export", ckpt),
@@ -167,9 +170,11 @@ def test_bad_ckpt_arguments_fail_the_commands_with_one_line(tmp_path, capsys):
     text = _write(tmp_path / "notes.ckpt", b"not a checkpoint\n")
     texts = _write(tmp_path / "texts.txt", b"a text\n")
     # When encode and export are given them / Then exit 2, one line each, nothing written
-    assert encode.main([f"ckpt={text}", f"input={texts}", f"output={tmp_path / 'e.npy'}"]) == 2
-    assert export.main([f"ckpt={text}", f"out={tmp_path / 'out'}"]) == 2
-    assert encode.main([f"ckpt={tmp_path}", f"input={texts}", "output=-"]) == 2
+    assert (
+        run_cli(encode.main, f"ckpt={text}", f"input={texts}", f"output={tmp_path / 'e.npy'}") == 2
+    )
+    assert run_cli(export.main, f"ckpt={text}", f"out={tmp_path / 'out'}") == 2
+    assert run_cli(encode.main, f"ckpt={tmp_path}", f"input={texts}", "output=-") == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == [
         f"embedft.encode: error: ckpt={text}: a text file, not a checkpoint; {EXPECTED}",
@@ -190,8 +195,7 @@ def trust_seen(monkeypatch):
         seen.append(model_cfg.trust_remote_code)
         return build_embedder(model_cfg, *args, **kwargs)
 
-    monkeypatch.setattr(embedder_module, "build_embedder", recording)
-    monkeypatch.setattr(export, "build_embedder", recording)
+    monkeypatch.setattr(load_module, "build_embedder", recording)
     return seen
 
 
@@ -214,13 +218,13 @@ def test_a_checkpoint_cannot_switch_on_trust_remote_code(run_ckpt, tmp_path, tru
 def test_an_export_cannot_switch_on_trust_remote_code(run_ckpt, tmp_path, trust_seen):
     # Given an adapter export whose embedft.json asks for trust_remote_code
     out = export.export_checkpoint(run_ckpt, tmp_path / "exported", merge=False)
-    meta_path = out / export.METADATA_FILE
+    meta_path = out / METADATA_FILE
     meta = json.loads(meta_path.read_text())
     meta["model"]["trust_remote_code"] = True
     meta_path.write_text(json.dumps(meta))
     trust_seen.clear()
     # When it is loaded / Then remote code stays off
-    export.load_embedder(out)
+    load_embedder(out)
     assert trust_seen == [False]
 
 

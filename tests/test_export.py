@@ -14,21 +14,14 @@ from omegaconf import OmegaConf
 
 from embedft.config import ModelConfig, to_object
 from embedft.eval.sts import StsPairs, cosine_spearman, score_pairs
-from embedft.export import (
-    check_saved_tokenizer,
-    export_checkpoint,
-    load_embedder,
-    load_exported_embedder,
-    main,
-    model_card,
-    tokenizer_appending_eos,
-)
+from embedft.export import export_checkpoint, main
 from embedft.losses.infonce import InfoNCELoss
-from embedft.model.embedder import build_embedder, load_embedder_from_checkpoint
-from embedft.model.sources import load_tokenizer, resolve_model_dir
-from embedft.model.tokenize import tokenize_with_eos
+from embedft.model.embedder import build_embedder
+from embedft.model.load import load_embedder, load_embedder_from_checkpoint, load_exported_embedder
+from embedft.model.sources import resolve_model_dir
 from embedft.module import EmbeddingModule
 from embedft.paths import conf_dir
+from tests.conftest import run_cli
 
 # Byte-level tiny tokenizer: one token per byte, so the last text (> 32 bytes) is truncated.
 TEXTS = [
@@ -229,7 +222,7 @@ def test_a_failed_export_leaves_no_partial_directory(run_ckpt, tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
-def test_model_card_front_matter_config_and_results(merged_export):
+def test_the_export_carries_a_model_card_with_the_runs_results(merged_export):
     card = (merged_export / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
     assert front["library_name"] == "sentence-transformers"
@@ -237,58 +230,26 @@ def test_model_card_front_matter_config_and_results(merged_export):
     assert "| STS12 | 61.23 |" in card and "| **Average** | 65.62 |" in card
     assert "r=8, alpha=32, dropout=0.1, init=gaussian, targets=['q_proj', 'v_proj']" in card
     assert "| steps | 3 |" in card
-    assert "| loss | InfoNCE, temperature=0.05, hard negatives=True |" in card
-
-
-def test_model_card_for_a_hub_model_names_base_model_and_hub_licence():
-    meta = {
-        "merged": True, "pooling": "last", "append_eos": True, "max_length": 150,
-        "base_model": "google/gemma-2b-it", "global_step": 10,
-        "model": {"name": "gemma", "source": "hub", "path": "google/gemma-2b-it",
-                  "license": "Gemma Terms of Use", "lora_target_modules": ["q_proj"]},
-    }  # fmt: skip
-    card = model_card(meta, {"lora": {"r": 8}, "loss": {"temperature": 0.05}}, None)
-    front = yaml.safe_load(card.split("---")[1])
-    assert (front["base_model"], front["license"]) == ("google/gemma-2b-it", "gemma")
-    assert "STS results" not in card and "temperature=0.05" in card
-
-
-@pytest.mark.parametrize("arch", ["llama", "gemma"])
-def test_eos_post_processor_matches_tokenize_with_eos(arch, tmp_path):
-    # Given the tiny byte-level tokenizer (gemma's also prepends <bos>)
-    cfg = ModelConfig(name=f"tiny_{arch}", source="tiny", path=arch, max_length=8)
-    tokenizer = load_tokenizer(cfg)
-    # When it is saved with the EOS post-processor and reloaded
-    tokenizer_appending_eos(tokenizer).save_pretrained(tmp_path)
-    embedder = build_embedder(cfg)
-    check_saved_tokenizer(tmp_path, embedder)  # raises on any difference
-    from transformers import AutoTokenizer
-
-    ids = AutoTokenizer.from_pretrained(tmp_path)(["abcdefghijk"], truncation=True, max_length=8)
-    # Then a long text keeps EOS after truncation: (bos +) 7 or 6 bytes + eos
-    expected = tokenize_with_eos(tokenizer, ["abcdefghijk"], 8)["input_ids"].tolist()
-    assert ids["input_ids"] == expected and expected[0][-1] == EOS and len(expected[0]) == 8
-
-
-def test_eos_post_processor_on_a_wordlevel_tokenizer_and_no_double_eos():
-    from tests.conftest import make_tokenizer
-
-    once = tokenizer_appending_eos(make_tokenizer())
-    assert once("a man")["input_ids"] == [3, 4, 2]
-    assert tokenizer_appending_eos(once) is once  # already appends EOS: left as it is
 
 
 def test_cli_exports_and_rejects_bad_arguments(run_ckpt, tmp_path, capsys):
-    assert main([f"ckpt={run_ckpt}", f"out={tmp_path / 'cli'}", "merge=false"]) == 0
+    assert run_cli(main, f"ckpt={run_ckpt}", f"out={tmp_path / 'cli'}", "merge=false") == 0
     assert (tmp_path / "cli" / "adapter" / "adapter_config.json").is_file()
-    assert main([f"ckpt={run_ckpt}", "out=x", "merge=maybe"]) == 2
-    assert "merge must be true or false, got 'maybe'" in capsys.readouterr().err
-    assert main(["ckpt", "out=x"]) == 2
-    assert main([f"ckpt={run_ckpt}"]) == 2
-    assert "missing required argument(s): out=..." in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exited:
-        main(["--help"])
-    assert exited.value.code == 0 and "DIR/adapter/" in capsys.readouterr().out
+    assert capsys.readouterr().out.strip() == str(tmp_path / "cli")
+    assert run_cli(main, f"ckpt={run_ckpt}", f"out={tmp_path / 'x'}", "dtype=int8") == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "embedft.export: error: dtype must be one of ['auto', 'float32', 'bfloat16', "
+        "'float16'], got 'int8'"
+    ]
+    assert run_cli(main, f"ckpt={run_ckpt}") == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "embedft.export: error: missing required key(s): out=..."
+    ]
+    # A value of the wrong type is refused by Hydra while composing, naming key and value
+    assert run_cli(main, f"ckpt={run_ckpt}", "out=x", "merge=maybe") == 1
+    err = capsys.readouterr().err
+    assert "merge=maybe" in err and "is not a valid bool" in err
+    assert not (tmp_path / "x").exists()
 
 
 def test_export_dtype_bfloat16_halves_the_weights(run_ckpt, tmp_path):

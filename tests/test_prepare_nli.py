@@ -22,8 +22,10 @@ from embedft.data.nli_formats import (
     Pair,
     read_nli_file,
 )
-from embedft.data.prepare_nli import NliSource, group_triplets, main, prepare
+from embedft.data.prepare_nli import NliSource, group_triplets, prepare
 from embedft.paths import data_dir
+from embedft.prepare_nli import main
+from tests.conftest import run_cli
 
 SNLI_TXT_HEADER = (
     "gold_label\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t"
@@ -326,8 +328,8 @@ def test_same_inputs_and_seed_give_byte_identical_output(tmp_path):
 
     def build(name: str, seed: int, fmt: str = "csv") -> tuple[bytes, bytes]:
         out = tmp_path / name
-        args = ["--input", f"textfooler:{source}", "--out", str(out), "--seed", str(seed)]
-        assert main([*args, "--format", fmt]) == 0
+        args = [f"inputs=[textfooler:{source}]", f"out={out}", f"seed={seed}"]
+        assert run_cli(main, *args, f"format={fmt}") == 0
         return out.read_bytes(), prepare_nli.manifest_path_for(out).read_bytes()
 
     # When
@@ -366,22 +368,22 @@ def test_crash_while_writing_leaves_old_output_and_no_temp_file(tmp_path, monkey
 
 
 def test_out_naming_an_existing_directory_is_one_error_before_any_work(tmp_path, capsys):
-    # Given an input and an --out that is an existing directory
+    # Given an input and an out= that is an existing directory
     source = tmp_path / "tf"
     _write_pairs(source, 3)
     out = tmp_path / "data"
     out.mkdir()
     # When
-    code = main(["--input", f"textfooler:{source}", "--out", str(out)])
-    # Then exit 2, one line saying what --out must be, and nothing written anywhere
+    code = run_cli(main, f"inputs=[textfooler:{source}]", f"out={out}")
+    # Then exit 2, one line saying what out= must be, and nothing written anywhere
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"prepare_nli: error: --out {out} is an existing directory; expected a file path "
+        f"embedft.prepare_nli: error: out={out} is an existing directory; expected a file path "
         f"such as {out / 'nli_triplets.csv'}"
     ]
     assert sorted(os.listdir(tmp_path)) == ["data", "tf"] and os.listdir(out) == []
     # And it comes before the inputs are even looked for
-    assert main(["--data-dir", str(tmp_path / "absent"), "--out", str(out)]) == 2
+    assert run_cli(main, f"data_dir={tmp_path / 'absent'}", f"out={out}") == 2
     assert "is an existing directory" in capsys.readouterr().err
 
 
@@ -412,7 +414,7 @@ def test_temp_files_of_a_killed_run_are_removed_but_not_a_live_writers(tmp_path)
 def test_cli_reports_input_errors_with_exit_code_2(tmp_path, capsys):
     # Given a format name that does not exist
     # When
-    code = main(["--input", f"snli_csv:{tmp_path / 'x.csv'}", "--out", str(tmp_path / "o.csv")])
+    code = run_cli(main, f"inputs=[snli_csv:{tmp_path / 'x.csv'}]", f"out={tmp_path / 'o.csv'}")
 
     # Then
     assert code == 2
@@ -421,14 +423,14 @@ def test_cli_reports_input_errors_with_exit_code_2(tmp_path, capsys):
 
 
 def test_default_output_is_under_repo_data_dir_and_follows_format():
-    # Given no --out / When / Then
+    # Given no out= / When / Then
     root = prepare_nli.repo_root()
-    assert prepare_nli._output_and_format(None, None) == (root / "data/nli_triplets.csv", "csv")
-    assert prepare_nli._output_and_format(None, "parquet") == (
+    assert prepare_nli.output_and_format(None, None) == (root / "data/nli_triplets.csv", "csv")
+    assert prepare_nli.output_and_format(None, "parquet") == (
         root / "data/nli_triplets.parquet",
         "parquet",
     )
-    assert prepare_nli._output_and_format(Path("x.parquet"), None) == (Path("x.parquet"), "parquet")
+    assert prepare_nli.output_and_format(Path("x.parquet"), None) == (Path("x.parquet"), "parquet")
     assert prepare_nli.manifest_path_for(root / "data/nli_triplets.csv") == (
         root / "data/nli_triplets.manifest.json"
     )
@@ -482,3 +484,20 @@ def test_real_gold_sets_give_the_verified_triplet_counts(nli_data_dir, tmp_path)
         assert src["malformed_first_lines"] == {}
         assert src["rows_used"] + sum(src["rows_dropped"].values()) == src["rows_read"]
     assert sum(s["rows_read"] for s in manifest["sources"]) == 29166  # README gold total
+
+
+def test_cli_names_generic_columns_and_labels_as_lists(tmp_path, capsys):
+    # Given a generic tsv with its own column names and numeric labels
+    source = tmp_path / "pairs.tsv"
+    source.write_text("gold\ts1\ts2\n0\tA.\tB.\n2\tA.\tC.\n")
+    out = tmp_path / "t.csv"
+    given = [f"inputs=[generic:{source}]", "columns=[s1,s2,gold]", f"out={out}"]
+    # When the labels are named on the command line / Then the triplet is built from them
+    assert run_cli(main, *given, "labels=[0,1,2]") == 0
+    assert out.read_text().splitlines() == ["sent0,sent1,hard_neg", "A.,B.,C."]
+    # And a label list of the wrong length is one line naming both keys
+    assert run_cli(main, *given, "labels=[0,2]") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "embedft.prepare_nli: error: columns=['s1', 's2', 'gold'] and labels=['0', '2'] need 3 "
+        "values each"
+    )

@@ -10,6 +10,7 @@ import pytest
 
 from embedft.config import ALL_STS_TASKS
 from embedft.report import build_report, main
+from tests.conftest import run_cli
 
 TEN_TO_NINETY = {task: 10.0 * (i + 1) for i, task in enumerate(ALL_STS_TASKS)}  # 10..90
 
@@ -121,8 +122,17 @@ def test_plots_are_written_and_embedded(sweep):
 
 
 def test_cli_names_the_directory_without_jobs(tmp_path, capsys):
-    assert main([str(tmp_path)]) == 2
-    assert (
-        f"no job directory (results.json or .hydra/) under ['{tmp_path}']"
-        in capsys.readouterr().err
-    )
+    assert run_cli(main, f"dirs={tmp_path}") == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"embedft.report: error: no job directory (results.json or .hydra/) under ['{tmp_path}']"
+    ]
+
+
+def test_cli_writes_the_report_of_several_dirs_into_out(sweep, tmp_path, capsys):
+    # Given a sweep and its base evaluation; When reported with dirs=[A,B] and out=
+    root, base = sweep
+    assert run_cli(main, f"dirs=[{root},{base}]", f"out={tmp_path / 'page'}") == 0
+    # Then one page covers both, in out
+    assert "minicpm (base)" in (tmp_path / "page" / "report.md").read_text()
+    assert (tmp_path / "page" / "runs.csv").is_file()
+    assert f"written: {tmp_path / 'page' / 'report.md'}" in capsys.readouterr().out

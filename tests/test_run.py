@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 from embedft.config import to_object
 from embedft.data.datamodule import TripletDataModule, check_data
 from embedft.losses.infonce import InfoNCELoss
-from embedft.model.embedder import build_embedder, load_embedder_from_checkpoint
+from embedft.model.embedder import build_embedder
+from embedft.model.load import load_embedder_from_checkpoint
 from embedft.module import EmbeddingModule
 from embedft.paths import conf_dir, repo_root
 

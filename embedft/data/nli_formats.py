@@ -6,7 +6,7 @@ numbers of the rows it could not. Readers only report; what a pair is used for i
 ``prepare_nli``. Problems with a whole file (missing, not UTF-8, missing columns, misaligned
 SentEval files, unknown suffix) raise ``NliInputError``.
 
-Formats (the name is what ``--input FORMAT:PATH`` takes):
+Formats (the name is what ``inputs=[FORMAT:PATH]`` takes):
 
 - ``snli_jsonl``  official ``snli_1.0_*.jsonl``: keys gold_label, sentence1, sentence2.
 - ``snli_txt``    official ``snli_1.0_*.txt``: TAB-separated with a header; uses the columns

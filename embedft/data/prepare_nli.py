@@ -1,10 +1,10 @@
 """Build SimCSE-style training triplets (premise, entailment, contradiction) from offline NLI files.
 
-Run::
+Run (command line: ``embedft/prepare_nli.py``, ``--help`` lists the keys)::
 
     python -m embedft.prepare_nli                      # gold sets under the data dir
-    python -m embedft.prepare_nli --format parquet --seed 7 \\
-        --input textfooler:../shared/data/nli/MNLI/textfooler_gold_sample/mnli_matched
+    python -m embedft.prepare_nli format=parquet seed=7 \\
+        inputs=[textfooler:../shared/data/nli/MNLI/textfooler_gold_sample/mnli_matched]
 
 Output: ``data/nli_triplets.csv`` under the repository root (columns ``sent0,sent1,hard_neg``, as
 SimCSE's ``nli_for_simcse.csv``; this is what ``data=local`` trains on) or ``.parquet``, and a
@@ -13,7 +13,7 @@ reason, the first malformed line numbers, triplets written per source. Both file
 a temp file in the same directory and moved into place with ``os.replace``, after every input
 has been read and checked, so a bad input or a crash never leaves a half file under the final
 name. Each temp file is locked while it is written (``embedft.tempfiles``): the next run removes
-those a killed run left, never those of a run still writing. An ``--out`` that is a directory is
+those a killed run left, never those of a run still writing. An ``out`` that is a directory is
 refused before anything is read. Same inputs and seed give byte-identical files (no timestamps;
 the seed only shuffles).
 
@@ -39,7 +39,7 @@ Triplet policy, per source file (premises are not matched across files):
 Default inputs (``DEFAULT_SOURCES``): every gold-labelled NLI set in the data dir, i.e. SNLI
 dev+test (SentEval copy), XNLI-en validation+test and the TextFooler MNLI gold samples. Left out:
 the felipessalvatore SNLI ``dev.csv`` (an untokenized duplicate of SNLI dev; read it with
-``--input generic:PATH`` instead of SentEval dev if untokenized text is wanted), the
+``inputs=[generic:PATH]`` instead of SentEval dev if untokenized text is wanted), the
 ``NOISY_LABELS`` MNLI file (labels are not gold) and SICK (it is the SICK-R evaluation set).
 
 Bad input: malformed rows (see ``nli_formats``) are counted per reason; a file with more than
@@ -48,13 +48,11 @@ half its rows malformed, no rows, non-UTF-8 bytes or missing columns raises ``Nl
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import json
 import os
 import random
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -71,7 +69,7 @@ from embedft.data.nli_formats import (
     ParsedFile,
     read_nli_file,
 )
-from embedft.paths import data_dir, repo_root
+from embedft.paths import repo_root
 from embedft.tempfiles import locked_temp_file, remove_abandoned_temp_files
 
 COLUMNS = ("sent0", "sent1", "hard_neg")
@@ -287,16 +285,16 @@ def check_output_path(out: Path) -> None:
     """Refuse, before any input is read, an output path that cannot become a file."""
     if out.is_dir():
         raise NliInputError(
-            f"--out {out} is an existing directory; expected a file path such as "
+            f"out={out} is an existing directory; expected a file path such as "
             f"{out / DEFAULT_OUT.name}"
         )
     if manifest_path_for(out).is_dir():
         raise NliInputError(
-            f"--out {out}: its manifest path {manifest_path_for(out)} is an existing directory"
+            f"out={out}: its manifest path {manifest_path_for(out)} is an existing directory"
         )
     existing = next((p for p in out.parents if p.exists()), None)
     if existing is not None and not existing.is_dir():
-        raise NliInputError(f"--out {out}: {existing} is a file, not a directory")
+        raise NliInputError(f"out={out}: {existing} is a file, not a directory")
 
 
 def default_sources(base: Path) -> list[NliSource]:
@@ -304,15 +302,15 @@ def default_sources(base: Path) -> list[NliSource]:
     not a silently smaller training set)."""
     if not (base / "nli").is_dir():
         raise NliInputError(
-            f"data dir {base}: no nli/ folder; set --data-dir or EMBEDFT_DATA_DIR, "
-            "or name inputs with --input FORMAT:PATH"
+            f"data dir {base}: no nli/ folder; set data_dir= or EMBEDFT_DATA_DIR, "
+            "or name inputs with inputs=[FORMAT:PATH]"
         )
     sources = [NliSource(name, fmt, base / rel) for name, fmt, rel in DEFAULT_SOURCES]
     missing = [str(s.path) for s in sources if not s.path.is_file()]
     if missing:
         raise NliInputError(
-            f"data dir {base}: missing NLI gold file(s) {missing}; set --data-dir or "
-            "EMBEDFT_DATA_DIR, or name inputs with --input FORMAT:PATH"
+            f"data dir {base}: missing NLI gold file(s) {missing}; set data_dir= or "
+            "EMBEDFT_DATA_DIR, or name inputs with inputs=[FORMAT:PATH]"
         )
     return sources
 
@@ -322,12 +320,13 @@ def parse_input_spec(spec: str, base: Path | None = None) -> NliSource:
     fmt, sep, path = spec.partition(":")
     if not sep or not path or fmt not in FORMATS:
         raise NliInputError(
-            f"--input {spec!r}: expected FORMAT:PATH with FORMAT in {list(FORMATS)}"
+            f"inputs: {spec!r}: expected FORMAT:PATH with FORMAT in {list(FORMATS)}"
         )
     return NliSource(_display(Path(path), base), fmt, Path(path))
 
 
-def _summary(manifest: dict, out: Path) -> str:
+def summary(manifest: dict, out: Path) -> str:
+    """What was read, written and dropped per source, as a table for the terminal."""
     sources = manifest["sources"]
     width = max(len("source"), *(len(src["name"]) for src in sources))
     rows = [f"{'source':<{width}} {'rows':>7} {'triplets':>9}  dropped"]
@@ -342,52 +341,8 @@ def _summary(manifest: dict, out: Path) -> str:
     return "\n".join(rows)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m embedft.prepare_nli",
-        description="Build (premise, entailment, contradiction) triplets from offline NLI files.",
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="offline data dir (default: $EMBEDFT_DATA_DIR or <repo>/../shared/data)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help=f"output file (default: <repo>/{DEFAULT_OUT}, .parquet for parquet)",
-    )
-    parser.add_argument(
-        "--format",
-        choices=sorted(WRITERS),
-        default=None,
-        help="output format (default: from --out's suffix, else csv)",
-    )
-    parser.add_argument("--seed", type=int, default=7, help="shuffle seed (default 7)")
-    parser.add_argument(
-        "--input",
-        action="append",
-        default=[],
-        metavar="FORMAT:PATH",
-        help=f"an input file, repeatable; FORMAT in {', '.join(FORMATS)}. "
-        "Without --input the gold sets under the data dir are used",
-    )
-    parser.add_argument(
-        "--columns",
-        default="premise,hypothesis,label",
-        help="generic inputs: premise,hypothesis,label column or key names",
-    )
-    parser.add_argument(
-        "--labels",
-        default="entailment,neutral,contradiction",
-        help="generic inputs: entailment,neutral,contradiction label values",
-    )
-    return parser
-
-
-def _output_and_format(out: Path | None, fmt: str | None) -> tuple[Path, str]:
+def output_and_format(out: Path | None, fmt: str | None) -> tuple[Path, str]:
+    """The output path and format: a missing one follows the other (default csv)."""
     if out is None:
         fmt = fmt or "csv"
         return repo_root() / DEFAULT_OUT.with_suffix(f".{fmt}"), fmt
@@ -395,33 +350,13 @@ def _output_and_format(out: Path | None, fmt: str | None) -> tuple[Path, str]:
     if fmt is None:
         fmt = suffix_fmt if suffix_fmt in WRITERS else "csv"
     elif suffix_fmt in WRITERS and suffix_fmt != fmt:
-        raise NliInputError(f"--out {out} has a .{suffix_fmt} suffix but --format is {fmt}")
+        raise NliInputError(f"out={out} has a .{suffix_fmt} suffix but format={fmt}")
     return out, fmt
 
 
-def _generic_spec(columns: str, labels: str) -> GenericSpec:
-    names, values = columns.split(","), labels.split(",")
-    if len(names) != 3 or len(values) != 3:
-        raise NliInputError(
-            f"--columns {columns!r} and --labels {labels!r} need 3 comma-separated values each"
-        )
-    return GenericSpec(*names, *values)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        base = (args.data_dir or data_dir()).resolve()
-        out, fmt = _output_and_format(args.out, args.format)
-        check_output_path(out)  # before the inputs are looked for: the cheapest error first
-        generic = _generic_spec(args.columns, args.labels)
-        if args.input:
-            sources = [parse_input_spec(spec, base) for spec in args.input]
-        else:
-            sources = default_sources(base)
-        manifest = prepare(sources, out, fmt=fmt, seed=args.seed, generic=generic, base_dir=base)
-    except NliInputError as err:
-        print(f"prepare_nli: error: {err}", file=sys.stderr)
-        return 2
-    print(_summary(manifest, out))
-    return 0
+def generic_spec(columns: Sequence[str], labels: Sequence[str]) -> GenericSpec:
+    """``generic`` inputs' premise/hypothesis/label names and entailment/neutral/contradiction
+    values."""
+    if len(columns) != 3 or len(labels) != 3:
+        raise NliInputError(f"columns={list(columns)} and labels={list(labels)} need 3 values each")
+    return GenericSpec(*columns, *labels)

@@ -5,28 +5,21 @@ vocabulary logits and no per-layer hidden states are ever computed) with SDPA at
 in peft LoRA adapters when asked, and freezes everything else. ``Embedder.forward`` maps token ids
 to unit-length embeddings; ``Embedder.tokenize`` appends EOS the way the paper embeds text.
 ``Embedder.forward_packed`` embeds texts packed end to end without padding (training's default).
-``load_embedder_from_checkpoint`` rebuilds one from a training checkpoint (config + LoRA weights),
-read as plain data; ``saved_model_config`` never lets a file switch on ``trust_remote_code``.
+Loading a saved one (checkpoint, export) is ``embedft.model.load``'s job.
 """
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 from transformers import AutoModel, PreTrainedTokenizerBase
 
-from embedft.checkpoint import CheckpointError, load_checkpoint
-from embedft.config import LoraConfig, ModelConfig, to_object
+from embedft.config import LoraConfig, ModelConfig
 from embedft.model.pooling import pool
 from embedft.model.tokenize import tokenize_with_eos
-
-log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Model types whose transformers forward keeps packed texts apart: given no attention mask and
@@ -192,63 +185,3 @@ def build_embedder(
 def trainable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     """Only the parameters that train (the LoRA adapters): what a checkpoint needs to hold."""
     return {n: p.detach().cpu() for n, p in module.named_parameters() if p.requires_grad}
-
-
-def saved_model_config(saved: Any, where: str, *, trust_remote_code: bool = False) -> ModelConfig:
-    """The ModelConfig stored in a file (a checkpoint's or an export's), validated.
-
-    The file's own ``trust_remote_code`` is ignored: a file that travelled between people never
-    decides that code runs. ``trust_remote_code`` is the caller's (its command line) instead.
-    """
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{where}: no model config stored (got {type(saved).__name__})")
-    if saved.get("trust_remote_code") and not trust_remote_code:
-        log.warning(
-            "%s: its saved config sets model.trust_remote_code=true; ignored (pass "
-            "trust_remote_code=true yourself to let model %r run its own code)",
-            where,
-            saved.get("name"),
-        )
-    saved = {**saved, "trust_remote_code": trust_remote_code}
-    try:
-        return to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), saved))
-    except Exception as err:  # unknown keys, wrong types, failed checks: the file is at fault
-        raise CheckpointError(f"{where}: the stored model config is invalid ({err})") from err
-
-
-def load_embedder_from_checkpoint(
-    ckpt_path: str | Path,
-    device: str | torch.device = "cpu",
-    model_override: ModelConfig | None = None,
-    *,
-    trust_remote_code: bool = False,
-) -> Embedder:
-    """Rebuild the embedder a training run saved: its resolved config + LoRA weights.
-
-    The checkpoint is read by ``embedft.checkpoint.load_checkpoint`` (plain data only). Its model
-    config never switches on ``trust_remote_code``; only the caller's argument does.
-    ``model_override`` replaces the stored model config as it is.
-    """
-    path = Path(ckpt_path)
-    ckpt = load_checkpoint(path)
-    cfg = ckpt["embedft_config"]
-    model_cfg = model_override or saved_model_config(
-        cfg.get("model"), f"ckpt={path}", trust_remote_code=trust_remote_code
-    )
-    try:
-        lora_cfg = to_object(OmegaConf.merge(OmegaConf.structured(LoraConfig), cfg["lora"]))
-    except Exception as err:
-        raise CheckpointError(f"ckpt={path}: the stored LoRA config is invalid ({err})") from err
-    embedder = build_embedder(model_cfg, lora_cfg, device=device)
-    prefix = "embedder."
-    weights = {
-        k[len(prefix) :]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(prefix)
-    }
-    result = embedder.load_state_dict(weights, strict=False)
-    if result.unexpected_keys:
-        raise ValueError(f"{path}: weights not in the model: {result.unexpected_keys[:5]}")
-    trainable = {n for n, p in embedder.named_parameters() if p.requires_grad}
-    absent = trainable - set(weights)
-    if absent:
-        raise ValueError(f"{path}: adapter weights missing from checkpoint: {sorted(absent)[:5]}")
-    return embedder
