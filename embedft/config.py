@@ -315,6 +315,17 @@ def world_size(trainer: TrainerConfig) -> int:
     return max(1, n) * trainer.num_nodes
 
 
+def check_trust_remote_code(model: ModelConfig, overrides: list[str] | None) -> None:
+    """``trust_remote_code`` runs the model repo's Python: only a command-line override sets it."""
+    if model.trust_remote_code and not any(
+        o.lstrip("+").startswith("model.trust_remote_code=") for o in overrides or []
+    ):
+        raise ConfigError(
+            "model.trust_remote_code=true runs Python code from the model's files: it is only "
+            "accepted on the command line (model.trust_remote_code=true), never from a file"
+        )
+
+
 def check_run_config(cfg: RunConfig, overrides: list[str] | None = None) -> None:
     """Checks that involve more than one group (single values are checked by the schemas)."""
     if not cfg.loss.hard_neg and cfg.data.batch_size * world_size(cfg.trainer) < 2:
@@ -322,13 +333,7 @@ def check_run_config(cfg: RunConfig, overrides: list[str] | None = None) -> None
             "data.batch_size=1 with loss.hard_neg=false leaves InfoNCE no negative: the loss is "
             "0 whatever the model does; use data.batch_size >= 2 or loss.hard_neg=true"
         )
-    if cfg.model.trust_remote_code and not any(
-        o.lstrip("+").startswith("model.trust_remote_code=") for o in overrides or []
-    ):
-        raise ConfigError(
-            "model.trust_remote_code=true runs Python code from the model's files: it is only "
-            "accepted on the command line (model.trust_remote_code=true), never from a file"
-        )
+    check_trust_remote_code(cfg.model, overrides)
     if cfg.loss.hard_neg and not cfg.data.negative_column:
         raise ConfigError(
             "loss.hard_neg=true needs hard negatives but data.negative_column is null; "

@@ -17,16 +17,15 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from embedft.config import EvaluateConfig, to_object
+from embedft.config import EvaluateConfig, check_trust_remote_code, to_object
 from embedft.eval.sts import load_tasks, score_pairs
 from embedft.paths import conf_dir
-from embedft.tracking import write_json
+from embedft.results import Results
 
 log = logging.getLogger("embedft.evaluate")
 
@@ -40,27 +39,20 @@ def markdown_table(scores: dict[str, float], label: str) -> str:
     return "\n".join(lines)
 
 
-def evaluate(dcfg: DictConfig) -> dict[str, Any]:
-    """Compose -> load the embedder -> score -> write results; returns the results dict."""
+def evaluate(dcfg: DictConfig) -> Results:
+    """Compose -> load the embedder -> score -> write results; returns the results record."""
     from embedft.model.load import load_embedder, resolve_device, saved_model_name
 
     out = Path(dcfg.paths.output_dir)
-    resolved = OmegaConf.to_container(dcfg, resolve=True)
-    results: dict[str, Any] = {
-        "kind": "evaluate",
-        "status": "running",
-        "model": dcfg.model.name,
-        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
-        "config": resolved,
-        "sts": {},
-        "stsb_dev": [],
-        "train": None,
-        "checkpoint": dcfg.ckpt,
-        "error": None,
-    }
-    write_json(out / "results.json", results)
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    results = Results("evaluate", str(dcfg.model.get("name")), overrides=overrides)
+    results.checkpoint = dcfg.get("ckpt")
+    results.start_attempt()
+    results.write(out)
     try:
         cfg: EvaluateConfig = to_object(dcfg, EvaluateConfig)
+        check_trust_remote_code(cfg.model, overrides)
+        results.config = OmegaConf.to_container(dcfg, resolve=True)
         device = resolve_device(cfg.device)
         # Data first: a missing file fails in a second, not after loading a large model.
         pairs = load_tasks(cfg.eval.tasks, cfg.paths.data_dir, cfg.eval.split, cfg.eval.source)
@@ -69,23 +61,22 @@ def evaluate(dcfg: DictConfig) -> dict[str, Any]:
             cfg.ckpt or cfg.model, device, trust_remote_code=cfg.model.trust_remote_code
         )
         if cfg.ckpt:
-            results["model"] = saved_model_name(cfg.ckpt) or cfg.model.name
+            results.model = saved_model_name(cfg.ckpt) or cfg.model.name
         loaded = time.perf_counter()
-        results["sts"] = score_pairs(embedder, pairs, cfg.eval.batch_size, show_progress=True)
-        results["timing"] = {
+        results.sts = score_pairs(embedder, pairs, cfg.eval.batch_size, show_progress=True)
+        results.timing = {
             "device": device,
             "load_s": round(loaded - started, 2),
             "eval_s": round(time.perf_counter() - loaded, 2),
         }
-        results["status"] = "completed"
+        results.end("completed")
     except BaseException as err:
-        results["status"] = "failed"
-        results["error"] = f"{type(err).__name__}: {err}"
+        results.end("failed", f"{type(err).__name__}: {err}")
         raise
     finally:
-        write_json(out / "results.json", results)
-    label = results["model"] + (" (fine-tuned)" if cfg.ckpt else " (base)")
-    table = markdown_table(results["sts"], label)
+        results.write(out)
+    label = results.model + (" (fine-tuned)" if cfg.ckpt else " (base)")
+    table = markdown_table(results.sts, label)
     (out / "results.md").write_text(table + "\n")
     print(table)
     print(f"\nresults: {out / 'results.json'}")
@@ -94,7 +85,7 @@ def evaluate(dcfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="evaluate")
 def main(dcfg: DictConfig) -> float:
-    return evaluate(dcfg)["sts"]["average"]
+    return evaluate(dcfg).sts["average"]
 
 
 if __name__ == "__main__":

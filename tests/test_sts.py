@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -350,7 +351,7 @@ def test_evaluate_cli_prints_table_and_writes_results(tmp_path, monkeypatch, cap
     )
     cfg = _compose_evaluate(tmp_path, "eval.tasks=[STSBenchmark]")
     # When evaluated
-    results = evaluate(cfg)
+    results = asdict(evaluate(cfg))
     # Then results.json holds the evaluate record and the table is printed and saved
     saved = json.loads((tmp_path / "out/results.json").read_text())
     assert saved["kind"] == "evaluate" and saved["status"] == "completed"
@@ -393,7 +394,7 @@ def test_evaluate_cli_scores_a_training_checkpoint(tmp_path, monkeypatch, capsys
     _write(tmp_path / "data/sts/STSBenchmark/stsbenchmark/sts-test.csv", rows)
     cfg = _compose_evaluate(tmp_path, "eval.tasks=[STSBenchmark]", f"ckpt={ckpt}")
     # When evaluated
-    results = evaluate(cfg)
+    results = asdict(evaluate(cfg))
     # Then the fine-tuned model (named by its checkpoint) was scored
     expected = evaluate_sts(tuned, ["STSBenchmark"], tmp_path / "data", show_progress=False)
     base = build_embedder(ModelConfig(**model_cfg))
