@@ -2,8 +2,8 @@
 
 Every layout computes what one padded forward computes, embeddings and LoRA gradients alike:
 texts packed without padding (``pack_texts`` + ``Embedder.forward_packed``, the default, in every
-packable family), and length-sorted sub-batches each cut to its longest row
-(``embed_in_sub_batches``, the fallback).
+packable family, whatever the backbone's ``use_cache``), and length-sorted sub-batches each cut
+to its longest row (``embed_in_sub_batches``, the fallback).
 """
 
 import pytest
@@ -92,11 +92,12 @@ def _family_embedder(name: str, use_cache: bool) -> Embedder:
     return embedder
 
 
-@pytest.mark.parametrize("use_cache", [False])
+@pytest.mark.parametrize("use_cache", [False, True])
 @pytest.mark.parametrize("name", FAMILIES)
 def test_packed_texts_embed_as_padded_ones_in_every_family(name, use_cache):
-    # Given a LoRA embedder of each packable family and texts of very different lengths;
-    # tiny_gemma3 has a sliding window of 8 tokens, shorter than some
+    # Given a LoRA embedder of each packable family, its config saying use_cache (with a KV
+    # cache transformers would let packed texts attend to each other), and texts of very
+    # different lengths; tiny_gemma3 has a sliding window of 8 tokens, shorter than some
     padded_model = _family_embedder(name, use_cache)
     packed_model = _family_embedder(name, use_cache)
     assert packed_model.supports_packing

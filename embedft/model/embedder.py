@@ -118,12 +118,15 @@ class Embedder(nn.Module):
     ) -> torch.Tensor:
         """Embeddings (N, H) of N texts packed end to end in rows, with no padding.
 
-        ``position_ids`` (R, W) restart at 0 at every text: with no attention mask, transformers
-        then lets each token attend to earlier tokens of its own text only. ``last_token`` (2, N)
-        holds the row and column of each text's last token (its EOS). See
-        ``embedft.model.packing.pack_texts``.
+        ``position_ids`` (R, W) restart at 0 at every text: with no attention mask and no KV
+        cache, transformers then lets each token attend to earlier tokens of its own text only.
+        ``use_cache=False`` is passed here, not left to the backbone's config: with a cache it
+        would attend across texts. ``last_token`` (2, N) holds the row and column of each text's
+        last token (its EOS). See ``embedft.model.packing.pack_texts``.
         """
-        out = self.backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=None)
+        out = self.backbone(
+            input_ids=input_ids, position_ids=position_ids, attention_mask=None, use_cache=False
+        )
         hidden = out.last_hidden_state  # (R, W, H)
         return F.normalize(hidden[last_token[0], last_token[1]].float(), dim=-1)
 

@@ -22,9 +22,11 @@ from collections.abc import Callable
 
 import torch
 
-# Model types whose transformers forward keeps packed texts apart: given no attention mask and
-# positions that restart at 0 for every text, it masks attention per text (block-diagonal causal).
-# tests/test_packing.py checks packed == padded embeddings for each of these families.
+# Model types whose transformers forward keeps packed texts apart: given position ids that restart
+# at 0 for every text, no attention mask and no KV cache, it masks attention per text
+# (block-diagonal causal, sliding windows included). ``Embedder.forward_packed`` passes
+# ``use_cache=False`` itself, whatever the backbone's config says: with a cache transformers skips
+# that detection and attention leaks across texts. tests/test_packing.py checks every family.
 PACKABLE_MODEL_TYPES = ("llama", "gemma", "gemma3_text", "phi", "minicpm")
 
 
