@@ -1,7 +1,7 @@
 """Typed configuration for every embedft entry point.
 
-Each Hydra group under ``conf/`` (model, lora, loss, data, trainer, logger, paths, eval) is backed
-by a dataclass here and registered in Hydra's ConfigStore, so OmegaConf rejects unknown keys and
+Each Hydra group under ``conf/`` (model, lora, loss, embed, data, trainer, logger, paths, eval) is
+backed by a dataclass here and registered in Hydra's ConfigStore, so OmegaConf rejects unknown keys and
 wrongly typed values while composing. Value checks live in ``__post_init__`` and run when
 ``to_run_config`` turns the composed DictConfig into objects, before any model or data loads.
 Errors name the key, the value and what is allowed: ``loss.temperature must be > 0, got -1``.
@@ -104,16 +104,29 @@ class LossConfig:
     hard_neg: bool = True
     gather_across_ranks: bool = True
     mask_duplicate_positives: bool = False
-    grad_cache_chunk_size: int = 0  # 0: off; else GradCache sub-batch size (texts per forward)
 
     def __post_init__(self) -> None:
         _one_of("loss.name", self.name, tuple(loss_names()))
         _finite("loss.temperature", self.temperature)
         _check(self.temperature > 0, f"loss.temperature must be > 0, got {self.temperature}")
-        _check(
-            self.grad_cache_chunk_size >= 0,
-            f"loss.grad_cache_chunk_size must be >= 0 (0 = off), got {self.grad_cache_chunk_size}",
-        )
+
+
+@dataclass
+class EmbedConfig:
+    """How a batch of padded ids becomes embeddings in training (``Embedder.embed``).
+
+    Speed and memory only: every setting gives the same embeddings and gradients up to float
+    rounding (tests/test_packing.py, tests/test_grad_cache.py).
+    """
+
+    pack_len: int = 128  # >0: texts packed end to end in rows of this many tokens; 0: off
+    sub_batch_rows: int = 64  # no packing: sorted sub-batches of this many rows; 0: one forward
+    grad_cache_chunk_size: int = 0  # >0: gradient caching, this many texts per chunk; 0: off
+
+    def __post_init__(self) -> None:
+        for key in ("pack_len", "sub_batch_rows", "grad_cache_chunk_size"):
+            value = getattr(self, key)
+            _check(value >= 0, f"embed.{key} must be >= 0 (0 = off), got {value}")
 
 
 @dataclass
@@ -186,7 +199,6 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     gradient_clip_val: float | None = None
     gradient_checkpointing: bool = False
-    pack_len: int = 128  # >0: pack texts without padding into rows of this many tokens; 0: off
     log_every_n_steps: int = 10
     compile: bool = False
     deterministic: bool = False
@@ -210,7 +222,6 @@ class TrainerConfig:
             self.accumulate_grad_batches >= 1,
             f"trainer.accumulate_grad_batches must be >= 1, got {self.accumulate_grad_batches}",
         )
-        _check(self.pack_len >= 0, f"trainer.pack_len must be >= 0 (0 = off), got {self.pack_len}")
         _check(
             self.save_every_n_steps >= 1,
             f"trainer.save_every_n_steps must be >= 1, got {self.save_every_n_steps}",
@@ -283,6 +294,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -339,9 +351,9 @@ def check_run_config(cfg: RunConfig, overrides: list[str] | None = None) -> None
             "loss.hard_neg=true needs hard negatives but data.negative_column is null; "
             "set loss.hard_neg=false or name the negative column"
         )
-    if cfg.loss.grad_cache_chunk_size and cfg.trainer.accumulate_grad_batches > 1:
+    if cfg.embed.grad_cache_chunk_size and cfg.trainer.accumulate_grad_batches > 1:
         raise ConfigError(
-            "loss.grad_cache_chunk_size and trainer.accumulate_grad_batches > 1 do not combine: "
+            "embed.grad_cache_chunk_size and trainer.accumulate_grad_batches > 1 do not combine: "
             "gradient caching already trains the whole batch at once"
         )
 
@@ -351,6 +363,25 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+
+
+# Keys that moved to another group: the old spelling fails saying where the key went.
+MOVED_KEYS = {
+    "trainer.pack_len": "embed.pack_len",
+    "loss.grad_cache_chunk_size": "embed.grad_cache_chunk_size",
+}
+
+
+def moved_key_error(overrides: list[str]) -> str | None:
+    """The error for a command-line override of a moved key (naming its new place), or None.
+
+    Checked before Hydra composes: Hydra would only say that the key is not in the schema.
+    """
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key in MOVED_KEYS:
+            return f"{key} moved to {MOVED_KEYS[key]}: use {MOVED_KEYS[key]}={value}"
+    return None
 
 
 def unknown_keys(cfg: DictConfig, schema: type) -> list[str]:
@@ -381,6 +412,9 @@ def to_object(cfg: DictConfig, schema: type | None = None) -> Any:
     """
     if schema is not None:
         extra = unknown_keys(cfg, schema)
+        moved = [f"{k} moved to {MOVED_KEYS[k]}" for k in extra if k in MOVED_KEYS]
+        if moved:
+            raise ConfigError(f"unknown config key(s) {extra}: {'; '.join(moved)}")
         if extra:
             raise ConfigError(
                 f"unknown config key(s) {extra}: not part of {schema.__name__}; "

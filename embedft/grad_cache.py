@@ -33,13 +33,6 @@ def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
     return torch.get_rng_state(), cuda
 
 
-def _trim(input_ids: torch.Tensor, attention_mask: torch.Tensor):
-    """Cut the columns no row of this sub-batch attends to (right or left padding)."""
-    attended = attention_mask.any(dim=0).nonzero()
-    lo, hi = int(attended.min()), int(attended.max()) + 1
-    return input_ids[:, lo:hi], attention_mask[:, lo:hi]
-
-
 def grad_cache_backward(
     embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     input_ids: torch.Tensor,
@@ -50,26 +43,26 @@ def grad_cache_backward(
 ) -> torch.Tensor:
     """Accumulate d loss_of(embed(all texts)) / d params into ``.grad``; return the loss.
 
-    ``embed`` maps (ids, mask) to embeddings (n, H); ``loss_of`` maps all embeddings (N, H) to a
-    scalar; ``backward`` runs a backward pass (Lightning's ``manual_backward`` in training).
+    ``embed`` maps a chunk's padded (ids, mask) rows to embeddings (n, H): it owns the layout,
+    trimming the padding the chunk does not need (``Embedder.embed`` packs or trims);
+    ``loss_of`` maps all embeddings (N, H) to a scalar; ``backward`` runs a backward pass
+    (Lightning's ``manual_backward`` in training).
     """
+    chunks = [
+        (input_ids[start : start + chunk_size], attention_mask[start : start + chunk_size])
+        for start in range(0, input_ids.shape[0], chunk_size)
+    ]
     states, reps = [], []
     with torch.no_grad():
-        for start in range(0, input_ids.shape[0], chunk_size):
-            ids, mask = _trim(
-                input_ids[start : start + chunk_size], attention_mask[start : start + chunk_size]
-            )
+        for ids, mask in chunks:
             states.append(_rng_state())
             reps.append(embed(ids, mask))
     cached = torch.cat(reps).detach().requires_grad_()  # (N, H)
     loss = loss_of(cached)
     loss.backward()
-    grads = cached.grad  # (N, H)
-    for i, start in enumerate(range(0, input_ids.shape[0], chunk_size)):
-        ids, mask = _trim(
-            input_ids[start : start + chunk_size], attention_mask[start : start + chunk_size]
-        )
-        with _replay_rng(states[i]):
+    grads = cached.grad.split(chunk_size)  # (n, H) per chunk
+    for (ids, mask), state, grad in zip(chunks, states, grads, strict=True):
+        with _replay_rng(state):
             emb = embed(ids, mask)  # (n, H)
-        backward((emb * grads[start : start + chunk_size]).sum())
+        backward((emb * grad).sum())
     return loss.detach()

@@ -1,16 +1,13 @@
 """The LightningModule: embedder (backbone + LoRA + pooling) trained with InfoNCE.
 
-The collator stacks a batch's anchors, positives and negatives into one padded tensor. NLI texts
-differ a lot in length, so that tensor is mostly padding (SmolLM2, batch 60: ~3.5 tokens per real
-one), and compute and activation memory follow the padded size. The step therefore packs the
-texts end to end into rows of ``pack_len`` tokens with no padding (``pack_texts``; backbones in
-``PACKABLE_MODEL_TYPES``), else embeds length-sorted sub-batches each cut to its own longest row
-(``embed_in_sub_batches``); experiments/bench_train.py measures both. The loss sees the
-embeddings split back into three (B, H) tensors. AdamW over the LoRA weights only, linear warmup
-then cosine decay, stepped every optimizer step. Checkpoints hold the trainable (LoRA) weights,
-the optimizer state and the resolved config: megabytes for a 2B model.
-With ``loss.grad_cache_chunk_size > 0`` the step runs gradient caching (``embedft.grad_cache``)
-under manual optimisation.
+The collator stacks a batch's anchors, positives and negatives into one padded tensor;
+``Embedder.embed`` turns it into embeddings (packed without padding, or in trimmed sub-batches:
+``embedft.model.packing``, config group ``embed``), and the loss sees them split back into three
+(B, H) tensors. AdamW over the LoRA weights only, linear warmup then cosine decay, stepped every
+optimizer step. Checkpoints hold the trainable (LoRA) weights, the optimizer state and the
+resolved config: megabytes for a 2B model.
+With ``embed.grad_cache_chunk_size > 0`` the step runs gradient caching (``embedft.grad_cache``)
+under manual optimisation, each chunk embedded by ``Embedder.embed`` too.
 
 A non-finite loss, or LoRA weights that turn non-finite after an optimizer step, stop training
 with ``NonFiniteError`` (the step and what went wrong) before anything is saved from that state.
@@ -27,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from embedft.config import OptimConfig
-from embedft.grad_cache import _trim, grad_cache_backward
+from embedft.grad_cache import grad_cache_backward
 from embedft.losses import Loss
 from embedft.model.embedder import Embedder, trainable_state_dict
 
@@ -52,57 +49,6 @@ def warmup_cosine(warmup: int, total: int, kind: str = "cosine"):
     return factor
 
 
-def pack_texts(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, pack_len: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pack the attended tokens of every row end to end into rows of at most ``pack_len`` tokens.
-
-    First-fit decreasing; a text longer than ``pack_len`` gets a row of its own. Works for right
-    and left padding. Returns the packed ids (R, W), position ids restarting at 0 for every text
-    (0 on the unused tail: single-token pseudo-texts nobody reads) and the (row, column) of every
-    text's last token (2, N), as ``Embedder.forward_packed`` takes them. The tail holds id 0:
-    any id does, nothing attends to it.
-    """
-    lengths = attention_mask.sum(dim=1)  # (N,)
-    sizes = lengths.tolist()
-    cap = max(pack_len, max(sizes))
-    room: list[int] = []  # free tokens per packed row
-    row_of, offset_of = [0] * len(sizes), [0] * len(sizes)
-    for k in sorted(range(len(sizes)), key=lambda k: -sizes[k]):
-        row = next((r for r, free in enumerate(room) if free >= sizes[k]), len(room))
-        if row == len(room):
-            room.append(cap)
-        row_of[k], offset_of[k] = row, cap - room[row]
-        room[row] -= sizes[k]
-    device = input_ids.device
-    rows, offsets = torch.tensor(row_of, device=device), torch.tensor(offset_of, device=device)
-    first = attention_mask.long().argmax(dim=1)  # (N,) first attended column (left padding)
-    starts = torch.cumsum(lengths, 0) - lengths
-    text = torch.repeat_interleave(torch.arange(len(sizes), device=device), lengths)  # (T,)
-    within = torch.arange(int(lengths.sum()), device=device) - starts[text]  # (T,)
-    width = cap - min(room)
-    packed = input_ids.new_zeros((len(room), width))
-    positions = torch.zeros_like(packed)
-    packed[rows[text], offsets[text] + within] = input_ids[text, first[text] + within]
-    positions[rows[text], offsets[text] + within] = within
-    return packed, positions, torch.stack([rows, offsets + lengths - 1])
-
-
-def embed_in_sub_batches(
-    embedder: Embedder, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_rows: int
-) -> torch.Tensor:
-    """Embed rows in length-sorted sub-batches of at most ``max_rows``; rows keep their order.
-
-    The fallback for backbones that cannot pack (SmolLM2, batch 60: ~1.9 padded tokens per real
-    one instead of ~3.5 for one tensor). ``max_rows <= 0``: one forward over the whole tensor.
-    """
-    if max_rows <= 0 or input_ids.shape[0] <= max_rows:
-        return embedder(input_ids, attention_mask)
-    order = attention_mask.sum(dim=1).argsort(descending=True, stable=True)  # (N,)
-    parts = [embedder(*_trim(input_ids[idx], attention_mask[idx])) for idx in order.split(max_rows)]
-    return torch.cat(parts)[order.argsort()]  # (N, H) back in the input order
-
-
 class EmbeddingModule(L.LightningModule):
     """Contrastive fine-tuning of an ``Embedder``; see the module docstring."""
 
@@ -114,8 +60,6 @@ class EmbeddingModule(L.LightningModule):
         total_steps: int,
         config: dict[str, Any] | None = None,
         grad_cache_chunk_size: int = 0,
-        pack_len: int = 128,
-        sub_batch_rows: int = 64,
         run_state: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -126,10 +70,6 @@ class EmbeddingModule(L.LightningModule):
         self.config = config or {}
         self.run_state = run_state or {}  # plain data for checkpoints (the W&B run id)
         self.grad_cache_chunk_size = grad_cache_chunk_size
-        # pack_len: tokens per packed row (0: no packing); 128 keeps the per-row attention cost
-        # small next to the linear layers while rows fill to ~96%.
-        self.pack_len = pack_len
-        self.sub_batch_rows = sub_batch_rows
         self.automatic_optimization = grad_cache_chunk_size == 0
         self.strict_loading = False  # checkpoints hold the adapters, not the frozen base
 
@@ -168,15 +108,7 @@ class EmbeddingModule(L.LightningModule):
 
     def embed_batch(self, batch: dict[str, Any]) -> torch.Tensor:
         """Embeddings (kB, H) of the batch's texts, in the collator's order."""
-        return self.embed_texts(batch["input_ids"], batch["attention_mask"])
-
-    def embed_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Embeddings (N, H) of padded rows: packed when the backbone can, else sub-batched."""
-        if self.pack_len > 0 and self.embedder.supports_packing:
-            return self.embedder.forward_packed(
-                *pack_texts(input_ids, attention_mask, self.pack_len)
-            )
-        return embed_in_sub_batches(self.embedder, input_ids, attention_mask, self.sub_batch_rows)
+        return self.embedder.embed(batch["input_ids"], batch["attention_mask"])
 
     def _grad_cache_step(self, batch: dict[str, Any]) -> torch.Tensor:
         opt, sched = self.optimizers(), self.lr_schedulers()
@@ -190,7 +122,7 @@ class EmbeddingModule(L.LightningModule):
         inverse = order.argsort()
         with no_sync:
             loss = grad_cache_backward(
-                self.embed_texts,  # each chunk packed (or padded to its own longest row)
+                self.embedder.embed,  # each chunk packed (or cut to its own longest row)
                 batch["input_ids"][order],
                 batch["attention_mask"][order],
                 lambda emb: self.loss_from_embeddings(emb[inverse], batch),

@@ -14,6 +14,7 @@ a checkpoint); resuming is exact (``embedft/resume.py``).
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from embedft import resume
 from embedft.checkpoint import load_checkpoint
-from embedft.config import RunConfig, check_run_config, to_object, world_size
+from embedft.config import RunConfig, check_run_config, moved_key_error, to_object, world_size
 from embedft.data.datamodule import TripletDataModule, check_data
 from embedft.launch import claim_gpus, job_context, on_gpu
 from embedft.losses import build_loss
@@ -96,6 +97,7 @@ def fit_and_evaluate(cfg: RunConfig, out: Path, group: str | None, results: Resu
     embedder = build_embedder(
         cfg.model,
         cfg.lora,
+        embed_cfg=cfg.embed,
         device="cpu",  # Lightning moves it to each rank's device
         dtype=resolve_dtype(cfg.model.dtype, "cuda" if gpu else "cpu"),
         gradient_checkpointing=cfg.trainer.gradient_checkpointing,
@@ -114,8 +116,7 @@ def fit_and_evaluate(cfg: RunConfig, out: Path, group: str | None, results: Resu
         cfg.optim,
         steps,
         config=results.config,
-        grad_cache_chunk_size=cfg.loss.grad_cache_chunk_size,
-        pack_len=cfg.trainer.pack_len,
+        grad_cache_chunk_size=cfg.embed.grad_cache_chunk_size,
         run_state={"wandb_id": wandb_run_id(logger)},
     )
     if cfg.trainer.compile:
@@ -172,4 +173,6 @@ def main(dcfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    if moved := moved_key_error(sys.argv[1:]):  # Hydra's error would not say where it went
+        sys.exit(moved)
     main()

@@ -9,7 +9,7 @@ Lightning ``Trainer``, smollm2, fp32 on CPU, the paper's LoRA, triplets from
 the figure. A run with no training (model loaded, nothing else) gives the floor; "activations" is
 peak minus floor.
 
-* Gradient caching (``loss.grad_cache_chunk_size``): each batch size with and without it. Without
+* Gradient caching (``embed.grad_cache_chunk_size``): each batch size with and without it. Without
   it the activations of the whole batch are alive at once; with it, those of one chunk of texts.
   A second chunk size at the middle batch shows that the chunk, not the batch, sets the peak.
 * Gradient checkpointing (``trainer.gradient_checkpointing``): on/off at one batch size.
@@ -127,11 +127,13 @@ def main() -> None:
             row = run_step(args, batch, [], cap)
             previous = row
         rows.append({"grad_cache": 0, "checkpointing": False, **row})
-        cached = run_step(args, batch, [f"--override=loss.grad_cache_chunk_size={args.chunk}"], cap)
+        cached = run_step(
+            args, batch, [f"--override=embed.grad_cache_chunk_size={args.chunk}"], cap
+        )
         rows.append({"grad_cache": args.chunk, "checkpointing": False, **cached})
     middle = args.batches[len(args.batches) // 2]
     if args.second_chunk:
-        extra = [f"--override=loss.grad_cache_chunk_size={args.second_chunk}"]
+        extra = [f"--override=embed.grad_cache_chunk_size={args.second_chunk}"]
         rows.append(
             {
                 "grad_cache": args.second_chunk,

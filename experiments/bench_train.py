@@ -10,7 +10,8 @@ if missing), the same batch size, max length and number of optimizer steps, fp32
 
 * embedft: the real training path: ``EmbeddingModule`` in a Lightning ``Trainer`` fed by
   ``TripletDataModule`` (config composed from ``conf/`` with Hydra overrides), logger and
-  checkpointing off, no evaluation. Its step packs the texts without padding (``pack_texts``).
+  checkpointing off, no evaluation. Its step packs the texts without padding (``Embedder.embed``
+  with the ``embed`` config group's defaults).
 * sentence-transformers: ``SentenceTransformerTrainer`` with ``MultipleNegativesRankingLoss``
   (scale 20 = 1/tau, cosine, anchor -> positives + negatives: the paper's Eq. 1), a text-only
   ``Transformer`` module (no chat template) + ``Pooling("lasttoken")``, every text given the EOS
@@ -54,13 +55,13 @@ MARK = "BENCH_RESULT "  # prefix of the one JSON line a worker prints on stdout
 ABLATIONS: dict[str, tuple[str, list[str], str | None]] = {
     "sub_batches": (
         "no packing: length-sorted sub-batches of 64 rows, each padded to its own longest",
-        [],
-        "sub_batches",
+        ["embed.pack_len=0"],
+        None,
     ),
     "one_forward": (
         "no packing: one forward of all 3B texts padded to the longest",
-        [],
-        "one_forward",
+        ["embed.pack_len=0", "embed.sub_batch_rows=0"],
+        None,
     ),
     "three_forwards": ("three forwards, each column padded to its own longest", [], "columns"),
     "lm_head": ("AutoModelForCausalLM, last of all hidden states (LM head runs)", [], "lm_head"),
@@ -235,11 +236,12 @@ class CausalLMBackbone:
                 self.lm = lm
                 self.config = lm.config  # model_type: packs like the base model
 
-            def forward(self, input_ids, attention_mask, position_ids):
+            def forward(self, input_ids, attention_mask, position_ids, use_cache=None):
                 out = self.lm(
                     input_ids=input_ids,
                     attention_mask=attention_mask,
                     position_ids=position_ids,
+                    use_cache=use_cache,
                     output_hidden_states=True,
                 )
                 out.last_hidden_state = out.hidden_states[-1]
@@ -272,7 +274,10 @@ def worker_embedft(args) -> None:
     started_load = time.perf_counter()
     L.seed_everything(cfg.seed)
     embedder = build_embedder(
-        cfg.model, cfg.lora, gradient_checkpointing=cfg.trainer.gradient_checkpointing
+        cfg.model,
+        cfg.lora,
+        embed_cfg=cfg.embed,
+        gradient_checkpointing=cfg.trainer.gradient_checkpointing,
     )
     if hook == "lm_head":
         embedder.backbone = CausalLMBackbone.build(
@@ -288,13 +293,14 @@ def worker_embedft(args) -> None:
     )
     datamodule.num_examples = check_data(cfg.data).rows_used
     loss_fn = InfoNCELoss(cfg.loss.temperature, cfg.loss.hard_neg)
-    kwargs: dict[str, Any] = {"grad_cache_chunk_size": cfg.loss.grad_cache_chunk_size}
-    if hook in ("one_forward", "sub_batches"):
-        kwargs["pack_len"] = 0
-    if hook == "one_forward":
-        kwargs["sub_batch_rows"] = 0
     module_cls = module_class(hook, EmbeddingModule)
-    module = module_cls(embedder, loss_fn, cfg.optim, args.steps, **kwargs)
+    module = module_cls(
+        embedder,
+        loss_fn,
+        cfg.optim,
+        args.steps,
+        grad_cache_chunk_size=cfg.embed.grad_cache_chunk_size,
+    )
     loss_at_init = (
         None if args.no_init_check else embedft_loss_at_init(module, args.batch_size, cfg.model)
     )
@@ -320,8 +326,8 @@ def worker_embedft(args) -> None:
         "framework": "embedft",
         "variant": args.variant,
         "overrides": overrides,
-        "packed": module.pack_len > 0 and module.embedder.supports_packing,
-        "sub_batch_rows": module.sub_batch_rows,
+        "packed": embedder.pack_len > 0 and embedder.supports_packing,
+        "sub_batch_rows": embedder.sub_batch_rows,
         "load_s": round(load_s, 1),
         "loss_at_init": loss_at_init,
         "loss_first": timer.losses[0] if timer.losses else None,
@@ -368,25 +374,26 @@ def worker_idle(args) -> None:
 
 
 def executed_tokens(module, hook: str | None, batch: dict[str, Any]) -> int:
-    """Tokens the step's forwards run, padding included (mirrors EmbeddingModule.embed_batch)."""
-    from embedft.module import pack_texts
+    """Tokens the step's forwards run, padding included (mirrors ``Embedder.embed``)."""
+    from embedft.model.packing import pack_texts
 
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    packs = module.pack_len > 0 and module.embedder.supports_packing
+    embedder = module.embedder
+    packs = embedder.pack_len > 0 and embedder.supports_packing
     if module.grad_cache_chunk_size:  # length-sorted chunks, each packed or padded (one pass)
         chunk = module.grad_cache_chunk_size
         if not packs:
             return _padded(mask, chunk)
         order = mask.sum(dim=1).argsort(descending=True, stable=True)
         return sum(
-            int(pack_texts(ids[rows], mask[rows], module.pack_len)[0].numel())
+            int(pack_texts(ids[rows], mask[rows], embedder.pack_len)[0].numel())
             for rows in order.split(chunk)
         )
     if hook == "columns":
         return sum(_padded(m, None) for m in _trimmed_columns(mask, batch["num_triplets"]))
     if packs:
-        return int(pack_texts(ids, mask, module.pack_len)[0].numel())
-    return _padded(mask, module.sub_batch_rows)
+        return int(pack_texts(ids, mask, embedder.pack_len)[0].numel())
+    return _padded(mask, embedder.sub_batch_rows)
 
 
 class StepTimer:

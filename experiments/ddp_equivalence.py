@@ -4,7 +4,8 @@ What DDP computes, checked against one process on the concatenated batch, on CPU
 the tiny random Llama (``model=tiny_llama``) + LoRA r=4 (dropout 0, so every pass is
 deterministic; LoRA B is made non-zero so that A gets gradients too).
 
-Each of 2 ranks embeds its own rows (anchors, positives, negatives of its triplets), computes
+Each of 2 ranks embeds its own rows (anchors, positives, negatives of its triplets) as training
+does (``Embedder.embed``: packed; the reference runs one padded forward), computes
 ``InfoNCELoss(gather_across_ranks=True)`` (``embedft.losses.infonce``), whose candidates are
 gathered from both ranks with gradients, runs backward, then averages the LoRA gradients over the
 ranks with all_reduce (what DDP's reducer does). Rank r's local loss is the mean over its B_r
@@ -143,14 +144,14 @@ def worker(rank: int, store: str, result_path: str) -> None:
         embedder.zero_grad(set_to_none=True)
         if chunk:
             loss = grad_cache_backward(
-                embedder,
+                embedder.embed,
                 batch["input_ids"],
                 batch["attention_mask"],
                 lambda emb, n=n, fn=loss_fn, h=hard_neg: fn(*split(emb, n, h)),
                 chunk,
             )
         else:
-            loss = loss_fn(*split(embedder(**batch), n, hard_neg))
+            loss = loss_fn(*split(embedder.embed(**batch), n, hard_neg))
             loss.backward()
         grads = lora_grads(embedder)
         for g in grads.values():  # DDP: average the gradients over the ranks

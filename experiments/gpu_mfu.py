@@ -17,13 +17,14 @@ different batch for every step, the same batches for every configuration.
 
 A configuration is ``layout[@pack_len]:attention[:compile]``:
 
-* layout ``pad``: one forward of the 3B texts padded to the longest (embedft before packing);
-  ``sorted``: length-sorted sub-batches of ``--sub-batch-rows`` (``embed_in_sub_batches``, the
-  fallback for backbones that cannot pack); ``pack``: embedft's default training path
-  (``pack_texts`` + ``Embedder.forward_packed``): texts packed end to end without padding into
-  rows of at most ``pack_len`` tokens (default ``--pack-len``), positions restarting per text and
-  no attention mask, so transformers masks attention per text (block-diagonal causal;
-  flash-attention-2 runs variable-length kernels), the EOS state of each text gathered.
+* layout (each through ``Embedder.embed``, as the training step): ``pad``: one forward of the 3B
+  texts padded to the longest (embedft before packing); ``sorted``: length-sorted sub-batches of
+  ``--sub-batch-rows`` (``embed_in_sub_batches``, the fallback for backbones that cannot pack);
+  ``pack``: embedft's default training path (``pack_texts`` + ``Embedder.forward_packed``,
+  ``embedft.model.packing``): texts packed end to end without padding into rows of at most
+  ``pack_len`` tokens (default ``--pack-len``), positions restarting per text and no attention
+  mask, so transformers masks attention per text (block-diagonal causal; flash-attention-2 runs
+  variable-length kernels), the EOS state of each text gathered.
 * attention: ``sdpa`` | ``eager`` | ``flash_attention_2`` (needs the flash-attn package) |
   ``flex_attention``.
 * ``compile``: ``torch.compile`` of the backbone (warm-up steps absorb the compilation).
@@ -58,7 +59,7 @@ from transformers import AutoModel, GemmaConfig
 from embedft.config import LoraConfig, ModelConfig
 from embedft.losses.infonce import InfoNCELoss
 from embedft.model.embedder import Embedder, apply_lora
-from embedft.module import embed_in_sub_batches, pack_texts
+from embedft.model.packing import pack_texts
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BOS, EOS, PAD = 2, 1, 0  # Gemma's ids
@@ -194,15 +195,13 @@ def _timed_steps(embedder, config, layout, use_compile, batches, args) -> dict[s
     params = [p for p in embedder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=5e-5, weight_decay=1e-4)
     rows = 0 if layout == "pad" else args.sub_batch_rows
+    pack_len = args.pack_len if layout == "pack" else 0
     prepared = [padded_batch(seqs, device) for seqs in batches]  # what the collator hands over
 
     def step(batch) -> None:
         ids, mask = batch["input_ids"], batch["attention_mask"]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            if layout == "pack":  # packing inside the step, as EmbeddingModule.embed_batch does
-                emb = model.forward_packed(*pack_texts(ids, mask, args.pack_len))  # (3B, H)
-            else:
-                emb = embed_in_sub_batches(model, ids, mask, rows)
+            emb = model.embed(ids, mask, pack_len=pack_len, sub_batch_rows=rows)  # (3B, H)
             n = args.batch
             loss = loss_fn(emb[:n], emb[n : 2 * n], emb[2 * n :])
         loss.backward()
@@ -251,8 +250,8 @@ def check_packing(embedder: Embedder, batches, args) -> float:
     embedder.eval()
     batch = padded_batch(seqs, device)
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-        padded = embedder(**batch)
-        packed = embedder.forward_packed(*pack_texts(**batch, pack_len=args.pack_len))
+        padded = embedder.embed(**batch, pack_len=0, sub_batch_rows=0)
+        packed = embedder.embed(**batch, pack_len=args.pack_len)
     embedder.train()
     return float((padded - packed).abs().max())
 

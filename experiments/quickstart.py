@@ -18,7 +18,7 @@ from datetime import datetime
 
 from hydra import compose, initialize_config_dir
 
-from embedft.config import to_object
+from embedft.config import moved_key_error, to_object
 from embedft.eval.sts import evaluate_sts
 from embedft.model.embedder import build_embedder, resolve_dtype
 from embedft.paths import conf_dir, repo_root
@@ -42,6 +42,8 @@ QUICK = [
 
 
 def main(argv: list[str]) -> None:
+    if moved := moved_key_error(argv):
+        sys.exit(moved)
     started = time.perf_counter()
     triplets = repo_root() / "data" / "nli_triplets.csv"
     if not triplets.exists():

@@ -53,7 +53,7 @@ def _run_help() -> str:
         ),
         (
             "run",
-            ["lora.r=8", "loss.temperature=0.05", "trainer.pack_len=", "data=simcse_nli"],
+            ["lora.r=8", "loss.temperature=0.05", "embed.pack_len=", "data=simcse_nli"],
             ["ckpt=", "input=", "device="],
         ),
         (report.main, ["dirs=???", "out=null", "the first of dirs"], ["model=", "ckpt=", "eval."]),

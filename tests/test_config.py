@@ -5,7 +5,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from embedft.config import ConfigError, RunConfig, check_run_config, to_object
+from embedft.config import ConfigError, RunConfig, check_run_config, moved_key_error, to_object
 from embedft.paths import conf_dir
 
 
@@ -47,7 +47,10 @@ def test_defaults_are_the_papers_recipe():
         ("model.pooling=max", "model.pooling must be one of ['last', 'mean'], got 'max'"),
         ("eval.tasks=[STS99]", "eval.tasks has unknown ['STS99']"),
         ("trainer.max_steps=0", "trainer.max_steps must be > 0 or -1"),
-        ("trainer.pack_len=-1", "trainer.pack_len must be >= 0"),
+        ("embed.pack_len=-1", "embed.pack_len must be >= 0 (0 = off), got -1"),
+        ("embed.sub_batch_rows=-1", "embed.sub_batch_rows must be >= 0"),
+        ("embed.grad_cache_chunk_size=-1", "embed.grad_cache_chunk_size must be >= 0"),
+        ("+trainer.pack_len=64", "trainer.pack_len moved to embed.pack_len"),
         ("loss.temperature=inf", "loss.temperature must be a finite number, got inf"),
         ("optim.lr=inf", "optim.lr must be a finite number, got inf"),
         ("optim.lr=nan", "optim.lr must be a finite number, got nan"),
@@ -101,3 +104,36 @@ def test_trust_remote_code_only_from_the_command_line():
     with pytest.raises(ConfigError, match="only accepted on the command line"):
         check_run_config(cfg, overrides=[])  # e.g. set in a yaml file
     check_run_config(cfg, overrides=["model.trust_remote_code=true"])
+
+
+def test_embedding_settings_are_one_group_with_the_defaults_training_used():
+    cfg = _cfg()
+    assert (cfg.embed.pack_len, cfg.embed.sub_batch_rows, cfg.embed.grad_cache_chunk_size) == (
+        128,
+        64,
+        0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.pack_len=64", "trainer.pack_len moved to embed.pack_len: use embed.pack_len=64"),
+        (
+            "+loss.grad_cache_chunk_size=8,16",
+            "loss.grad_cache_chunk_size moved to embed.grad_cache_chunk_size: "
+            "use embed.grad_cache_chunk_size=8,16",
+        ),
+    ],
+)
+def test_a_moved_key_on_the_command_line_names_its_new_place(override, message):
+    # Given an override of a key that moved; When checked before Hydra composes; Then
+    assert moved_key_error(["model=tiny_llama", override]) == message
+    assert moved_key_error(["embed.pack_len=64", "trainer.max_steps=3"]) is None
+
+
+def test_grad_cache_and_gradient_accumulation_do_not_combine():
+    cfg = _cfg("embed.grad_cache_chunk_size=8", "trainer.accumulate_grad_batches=2")
+    with pytest.raises(ConfigError, match="embed.grad_cache_chunk_size and trainer.accumulate"):
+        check_run_config(cfg)
+    check_run_config(_cfg("embed.grad_cache_chunk_size=8"))

@@ -1,9 +1,10 @@
 """Evaluation encoder, STS suite runner and the STSB-dev training callback, on a tiny fake embedder.
 
 The fake follows the Embedder interface (``tokenize(texts)`` -> input_ids/attention_mask,
-``forward(input_ids, attention_mask)`` -> (B, H) unit vectors) with a word-level tokenizer built
-here and a padding-invariant model (masked self-attention + masked mean pooling), so that dedup,
-length sorting and padding trimming must give the same embeddings as encoding one text at a time.
+``embed(input_ids, attention_mask)`` -> (B, H) unit vectors, trimming padding columns as
+``Embedder.embed`` does) with a word-level tokenizer built here and a padding-invariant model
+(masked self-attention + masked mean pooling), so that dedup, length sorting and padding trimming
+must give the same embeddings as encoding one text at a time.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from transformers import PreTrainedTokenizerFast
 from embedft.eval.callback import StsDevCallback
 from embedft.eval.encoder import encode_texts
 from embedft.eval.sts import cosine_spearman, evaluate_sts, load_task
+from embedft.model.packing import trim_padding
 from tests.conftest import make_embedder
 
 WORDS = "a an the cat dog man woman kid plays runs sleeps eats on in park house food ball".split()
@@ -47,6 +49,7 @@ class FakeEmbedder(nn.Module):
         self.emb = nn.Embedding(len(self.tokenizer), 16)
         self.attn = nn.MultiheadAttention(16, num_heads=2, batch_first=True)
         self.calls: list[dict] = []  # what forward saw, for the tests
+        self.layouts: list[tuple] = []  # the (pack_len, sub_batch_rows) embed was asked for
 
     @property
     def device(self) -> torch.device:
@@ -55,6 +58,10 @@ class FakeEmbedder(nn.Module):
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         texts = [t + " [EOS]" for t in texts]
         return dict(self.tokenizer(texts, padding=True, return_tensors="pt"))
+
+    def embed(self, input_ids, attention_mask, *, pack_len=None, sub_batch_rows=None):
+        self.layouts.append((pack_len, sub_batch_rows))
+        return self(*trim_padding(input_ids, attention_mask))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         self.calls.append(
@@ -124,6 +131,8 @@ def test_each_unique_text_encoded_once_longest_first_without_padding_columns():
     lengths = [n for call in embedder.calls for n in call["lengths"]]
     assert lengths == [8, 7, 5, 4, 4, 3]
     assert [call["shape"] for call in embedder.calls] == [(4, 8), (2, 4)]
+    # each through embed as one padded forward, whatever the embedder's training layout
+    assert embedder.layouts == [(0, 0), (0, 0)]
 
 
 def test_encoding_runs_in_eval_and_inference_mode_and_restores_train_mode():

@@ -1,17 +1,24 @@
-"""Training step: gradients reach only LoRA, gradient caching is exact, the LR schedule."""
+"""Training step: gradients reach only LoRA, the gradient-cached step is exact, the LR schedule."""
+
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from embedft.config import OptimConfig
-from embedft.grad_cache import grad_cache_backward
 from embedft.losses.infonce import InfoNCELoss
 from embedft.module import EmbeddingModule, warmup_cosine
-from tests.conftest import assert_same_grads, lora_grads, make_embedder, triplet_batch
+from tests.conftest import lora_grads, make_embedder, triplet_batch
 
 ANCHORS = ["a man is playing guitar", "a dog is running in the park", "two people sitting"]
 POSITIVES = ["a man plays music", "a dog is outside", "people sitting on a bench"]
 NEGATIVES = ["nobody is playing", "a cat is sleeping inside", "nobody is there"]
+# anchors, positives, negatives of very different lengths: sorted chunks then differ in width
+LONG_AND_SHORT = (
+    ["a man is playing guitar in the park", "a dog", "two people sitting on a red bench"],
+    ["a man plays music", "a dog is outside", "people"],
+    ["nobody", "a cat is sleeping inside the car", "nobody is there"],
+)
 
 
 def _batch(embedder):
@@ -32,56 +39,6 @@ def test_gradients_reach_only_lora_parameters():
     assert frozen and all("lora_" not in n for n in frozen)
 
 
-def _loss_of(loss_fn, n, hard_neg):
-    def loss_of(emb):
-        return loss_fn(emb[:n], emb[n : 2 * n], emb[2 * n :] if hard_neg else None)
-
-    return loss_of
-
-
-@pytest.mark.parametrize("chunk", [1, 2, 4, 9])
-@pytest.mark.parametrize("hard_neg", [True, False])
-def test_grad_cache_equals_full_batch_backward(chunk, hard_neg):
-    # Given the same embedder twice (no dropout) and one batch of triplets
-    plain = make_embedder(seed=3).train()
-    cached = make_embedder(seed=3).train()
-    batch = _batch(plain)
-    loss_of = _loss_of(InfoNCELoss(temperature=0.05, hard_neg=hard_neg), 3, hard_neg)
-    # When one backpropagates the full batch and the other caches gradients chunk by chunk
-    plain_loss = loss_of(plain(batch["input_ids"], batch["attention_mask"]))
-    plain_loss.backward()
-    cached_loss = grad_cache_backward(
-        cached, batch["input_ids"], batch["attention_mask"], loss_of, chunk
-    )
-    # Then loss and every LoRA gradient agree (fp32)
-    assert cached_loss.item() == pytest.approx(plain_loss.item(), abs=1e-5)
-    assert_same_grads(plain, cached)
-
-
-def test_grad_cache_replays_dropout_masks():
-    # Given LoRA dropout, the recomputed chunks must draw the masks of the cached pass:
-    # compare with a plain backward over the same (trimmed) chunks from the same RNG state
-    from embedft.grad_cache import _trim
-
-    plain = make_embedder(seed=3, dropout=0.3).train()
-    cached = make_embedder(seed=3, dropout=0.3).train()
-    batch = _batch(plain)
-    loss_of = _loss_of(InfoNCELoss(), 3, True)
-    torch.manual_seed(1)
-    chunks = [
-        plain(*_trim(batch["input_ids"][i : i + 2], batch["attention_mask"][i : i + 2]))
-        for i in range(0, 9, 2)
-    ]
-    plain_loss = loss_of(torch.cat(chunks))
-    plain_loss.backward()
-    torch.manual_seed(1)
-    cached_loss = grad_cache_backward(
-        cached, batch["input_ids"], batch["attention_mask"], loss_of, 2
-    )
-    assert cached_loss.item() == pytest.approx(plain_loss.item(), abs=1e-5)
-    assert_same_grads(plain, cached)
-
-
 def test_warmup_then_cosine_to_zero():
     f = warmup_cosine(warmup=4, total=12)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
@@ -97,3 +54,40 @@ def test_fit_trains_with_dropout_active():
     # When fit starts; Then every submodule, LoRA dropout included, is in training mode
     module.on_fit_start()
     assert all(m.training for m in module.embedder.modules())
+
+
+class _CapturingOptimizer:
+    """Stands in for AdamW: records the gradients the step would apply."""
+
+    def __init__(self, params):
+        self.params, self.param_groups, self.grads = list(params), [{"lr": 1.0}], None
+
+    def step(self):
+        self.grads = [p.grad.clone() for p in self.params]
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.params:
+            p.grad = None
+
+
+def test_grad_cache_step_with_sorted_chunks_equals_full_batch():
+    # Given a module doing gradient caching in chunks of 2 texts (rows sorted by length first)
+    plain, cached = make_embedder(seed=5).train(), make_embedder(seed=5).train()
+    module = EmbeddingModule(cached, InfoNCELoss(), OptimConfig(), 10, grad_cache_chunk_size=2)
+    opt = _CapturingOptimizer(p for p in cached.parameters() if p.requires_grad)
+    strategy = SimpleNamespace(backward=lambda loss, *_: loss.backward())
+    module._trainer = SimpleNamespace(world_size=1, gradient_clip_val=None, strategy=strategy)
+    module.optimizers = lambda: opt
+    module.lr_schedulers = lambda: SimpleNamespace(step=lambda: None)
+    batch = triplet_batch(cached, LONG_AND_SHORT[0], LONG_AND_SHORT[1], LONG_AND_SHORT[2])
+    # When it runs one step, and the plain embedder backpropagates the whole batch at once
+    loss = module._grad_cache_step(batch)
+    plain_loss = InfoNCELoss()(*plain(batch["input_ids"], batch["attention_mask"]).split(3))
+    plain_loss.backward()
+    # Then loss and the gradients handed to the optimizer are the full-batch ones
+    assert loss.item() == pytest.approx(plain_loss.item(), abs=1e-5)
+    names = [n for n, p in cached.named_parameters() if p.requires_grad]
+    expected = dict(lora_grads(plain))
+    assert len(names) == len(opt.grads) == len(expected)
+    for name, grad in zip(names, opt.grads, strict=True):
+        torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-4)

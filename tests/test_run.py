@@ -134,6 +134,15 @@ def test_bad_config_value_fails_fast_with_a_clear_message(triplet_file, tmp_path
     assert "loss.temperature must be > 0, got -1" in result.stderr
 
 
+def test_a_moved_key_fails_saying_where_it_went(tmp_path):
+    # Given the old spelling of a setting that moved to the embed group
+    result = _run("trainer.pack_len=64", f"hydra.run.dir={tmp_path / 'moved'}")
+    # Then the run stops at once with the new key, not Hydra's "not in struct" + "use +key"
+    assert result.returncode != 0
+    assert "trainer.pack_len moved to embed.pack_len: use embed.pack_len=64" in result.stderr
+    assert not (tmp_path / "moved").exists()
+
+
 def test_missing_data_file_fails_before_the_model_loads(tmp_path):
     missing = tmp_path / "absent.csv"
     result = _run(*_common(missing, tmp_path / "nodata"), "trainer.max_steps=1")

@@ -1,13 +1,17 @@
 """Fast evaluation-time encoding of many texts.
 
 ``encode_texts`` embeds a list of texts through the ``Embedder`` interface
-(``embedder.tokenize(texts)`` -> ``input_ids``/``attention_mask``; ``embedder(input_ids,
-attention_mask)`` -> (B, H) unit vectors). It is faster than a plain batched loop because
+(``embedder.tokenize(texts)`` -> ``input_ids``/``attention_mask``; ``embedder.embed(input_ids,
+attention_mask)`` -> (B, H) unit vectors, the path training uses too). It is faster than a plain
+batched loop because
 
 * each distinct text is encoded once (STS tasks repeat sentences, within and across tasks);
 * texts are tokenised in one call and batched longest first, so every batch is nearly free of
-  padding and a batch's columns are trimmed to the tokens it attends;
+  padding (``embed`` cuts a batch's columns to the tokens it attends);
 * it runs under ``torch.inference_mode`` with the module in eval mode (restored afterwards).
+
+Each batch is one padded forward (``pack_len=0, sub_batch_rows=0``), whatever the embedder's
+training layout, so that scores do not depend on it.
 
 Embeddings come back in the input order, float32 on the CPU. Results equal per-text encoding as
 long as the model is padding-invariant (masked attention + mask-aware pooling and positions, as
@@ -35,7 +39,14 @@ class EmbedderLike(Protocol):
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]: ...
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        pack_len: int | None = None,
+        sub_batch_rows: int | None = None,
+    ) -> torch.Tensor: ...
 
     def train(self, mode: bool = True) -> EmbedderLike: ...
 
@@ -73,23 +84,14 @@ def encode_texts(
             disable=not show_progress,
         ):
             rows = order[start : start + batch_size]  # (b,)
-            ids, mask = _trim_padding(input_ids[rows], attention_mask[rows])  # (b, t)
-            emb = embedder(ids.to(device), mask.to(device)).float().cpu()  # (b, H)
+            ids, mask = input_ids[rows].to(device), attention_mask[rows].to(device)  # (b, T)
+            emb = embedder.embed(ids, mask, pack_len=0, sub_batch_rows=0).float().cpu()  # (b, H)
             if out is None:
                 out = torch.empty(len(unique), emb.shape[1], dtype=torch.float32)
             out[rows] = emb
     assert out is not None
     index = {text: i for i, text in enumerate(unique)}
     return out[torch.tensor([index[t] for t in texts])]  # (N, H)
-
-
-def _trim_padding(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop the columns no row attends (right or left padding alike)."""
-    attended = attention_mask.any(dim=0).nonzero().flatten()  # (t,)
-    cols = slice(int(attended[0]), int(attended[-1]) + 1)
-    return input_ids[:, cols], attention_mask[:, cols]
 
 
 @contextlib.contextmanager

@@ -4,7 +4,9 @@
 vocabulary logits and no per-layer hidden states are ever computed) with SDPA attention, wraps it
 in peft LoRA adapters when asked, and freezes everything else. ``Embedder.forward`` maps token ids
 to unit-length embeddings; ``Embedder.tokenize`` appends EOS the way the paper embeds text.
-``Embedder.forward_packed`` embeds texts packed end to end without padding (training's default).
+``Embedder.embed`` is how every caller turns a padded batch into embeddings: packed end to end
+without padding, or in trimmed sub-batches (``embedft.model.packing``), by the embedder's
+``pack_len`` and ``sub_batch_rows`` (config group ``embed``).
 Loading a saved one (checkpoint, export) is ``embedft.model.load``'s job.
 """
 
@@ -17,15 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedTokenizerBase
 
-from embedft.config import LoraConfig, ModelConfig
+from embedft.config import EmbedConfig, LoraConfig, ModelConfig
+from embedft.model.packing import can_pack, embed_in_sub_batches, pack_texts
 from embedft.model.pooling import pool
 from embedft.model.tokenize import tokenize_with_eos
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Model types whose transformers forward keeps packed texts apart: given no attention mask and
-# positions that restart at 0 for every text, it masks attention per text (block-diagonal causal).
-# tests/test_bench_smoke.py checks packed == padded embeddings for each of these families.
-PACKABLE_MODEL_TYPES = ("llama", "gemma", "gemma3_text", "phi", "minicpm")
 
 
 def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
@@ -36,7 +35,11 @@ def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
 
 
 class Embedder(nn.Module):
-    """Texts -> L2-normalised sentence embeddings (B, H), float32."""
+    """Texts -> L2-normalised sentence embeddings (B, H), float32.
+
+    ``pack_len`` and ``sub_batch_rows`` are how ``embed`` lays a batch out (config group
+    ``embed``): they change speed and memory, not the embeddings.
+    """
 
     def __init__(
         self,
@@ -45,6 +48,8 @@ class Embedder(nn.Module):
         pooling: str = "last",
         append_eos: bool = True,
         max_length: int = 150,
+        pack_len: int = EmbedConfig.pack_len,
+        sub_batch_rows: int = EmbedConfig.sub_batch_rows,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -52,6 +57,8 @@ class Embedder(nn.Module):
         self.pooling = pooling
         self.append_eos = append_eos
         self.max_length = max_length
+        self.pack_len = pack_len
+        self.sub_batch_rows = sub_batch_rows
 
     @property
     def device(self) -> torch.device:
@@ -62,7 +69,29 @@ class Embedder(nn.Module):
             self.tokenizer, list(texts), self.max_length, self.append_eos, padding_side
         )
 
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        pack_len: int | None = None,
+        sub_batch_rows: int | None = None,
+    ) -> torch.Tensor:
+        """Embeddings (N, H) of padded rows (N, T), in their order: the one way ids are embedded.
+
+        Packed end to end into rows of ``pack_len`` tokens when ``pack_len > 0`` and the backbone
+        can pack (``embedft.model.packing.can_pack``); else length-sorted sub-batches of
+        ``sub_batch_rows`` rows, each cut to its own longest row (0: one forward). Both default to
+        this embedder's settings; a caller may override them for one call.
+        """
+        pack_len = self.pack_len if pack_len is None else pack_len
+        rows = self.sub_batch_rows if sub_batch_rows is None else sub_batch_rows
+        if pack_len > 0 and self.supports_packing:
+            return self.forward_packed(*pack_texts(input_ids, attention_mask, pack_len))
+        return embed_in_sub_batches(self, input_ids, attention_mask, rows)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One padded forward (see ``embed``, which also packs and trims)."""
         # Positions count attended tokens only, so a left-padded row sees the same positions as
         # its right-padded twin (decoders otherwise number pad tokens too).
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
@@ -75,20 +104,22 @@ class Embedder(nn.Module):
     @property
     def supports_packing(self) -> bool:
         """Last-token pooling on a backbone that masks packed texts apart (see forward_packed)."""
-        model_type = getattr(self.backbone.config, "model_type", None)
-        return self.pooling == "last" and model_type in PACKABLE_MODEL_TYPES
+        return can_pack(getattr(self.backbone.config, "model_type", None), self.pooling)
 
     def forward_packed(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, last_token: torch.Tensor
     ) -> torch.Tensor:
         """Embeddings (N, H) of N texts packed end to end in rows, with no padding.
 
-        ``position_ids`` (R, W) restart at 0 at every text: with no attention mask, transformers
-        then lets each token attend to earlier tokens of its own text only. ``last_token`` (2, N)
-        holds the row and column of each text's last token (its EOS). See
-        ``embedft.module.pack_texts``.
+        ``position_ids`` (R, W) restart at 0 at every text: with no attention mask and no KV
+        cache, transformers then lets each token attend to earlier tokens of its own text only.
+        ``use_cache=False`` is passed here, not left to the backbone's config: with a cache it
+        would attend across texts. ``last_token`` (2, N) holds the row and column of each text's
+        last token (its EOS). See ``embedft.model.packing.pack_texts``.
         """
-        out = self.backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=None)
+        out = self.backbone(
+            input_ids=input_ids, position_ids=position_ids, attention_mask=None, use_cache=False
+        )
         hidden = out.last_hidden_state  # (R, W, H)
         return F.normalize(hidden[last_token[0], last_token[1]].float(), dim=-1)
 
@@ -100,7 +131,8 @@ class Embedder(nn.Module):
         chunks = []
         for start in range(0, len(texts), batch_size):
             batch = self.tokenize(texts[start : start + batch_size])
-            chunks.append(self(**{k: v.to(self.device) for k, v in batch.items()}).cpu())
+            ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+            chunks.append(self.embed(ids, mask, pack_len=0, sub_batch_rows=0).cpu())
         self.train(was_training)
         return torch.cat(chunks) if chunks else torch.empty(0)
 
@@ -141,17 +173,20 @@ def build_embedder(
     model_cfg: ModelConfig,
     lora_cfg: LoraConfig | None = None,
     *,
+    embed_cfg: EmbedConfig | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     gradient_checkpointing: bool = False,
 ) -> Embedder:
     """Load the backbone and tokenizer named by ``model_cfg`` and add LoRA if enabled.
 
+    ``embed_cfg`` sets how ``Embedder.embed`` lays batches out (default: ``EmbedConfig()``).
     ``dtype`` overrides ``model_cfg.dtype`` (a DDP job builds on the CPU in the dtype its GPU
     will use). LoRA weights stay float32 whatever the base dtype (peft's adapter autocast).
     """
     from embedft.model.sources import load_tokenizer, resolve_model_dir
 
+    embed_cfg = embed_cfg or EmbedConfig()
     model_dir = resolve_model_dir(model_cfg)
     tokenizer = load_tokenizer(model_cfg)
     dtype = dtype or resolve_dtype(model_cfg.dtype, device)
@@ -178,6 +213,8 @@ def build_embedder(
         pooling=model_cfg.pooling,
         append_eos=model_cfg.append_eos,
         max_length=model_cfg.max_length,
+        pack_len=embed_cfg.pack_len,
+        sub_batch_rows=embed_cfg.sub_batch_rows,
     )
     return embedder.to(device)
 
