@@ -22,8 +22,13 @@ Layout of ``out`` (``DIR`` is what ``SentenceTransformer(DIR)`` loads)::
 embedft's input: the saved tokenizer appends EOS itself (a post-processor after the original one;
 truncation reserves its place, so EOS survives it, as in ``embedft.model.tokenize``), and
 ``sentence_bert_config.json`` pins the plain-text modality, so an instruct model's chat template
-is not wrapped around the text. An export is written into a temporary sibling directory and
-renamed into place: an interrupted export leaves no partial ``DIR``.
+is not wrapped around the text. A ``model.prompt`` the model was trained with is applied by
+``SentenceTransformer(DIR).encode(texts)`` too: sentence-transformers' prompts can only be
+prefixes, so the template's text before ``{s}`` is the ``text`` prompt (also ``query`` and
+``document``) and ``default_prompt_name`` in ``config_sentence_transformers.json``, and its text
+after ``{s}`` goes into the tokenizer's post-processor just before EOS, where embedft puts it. An
+export is written into a temporary sibling directory and renamed into place: an interrupted
+export leaves no partial ``DIR``.
 
 ``load_embedder(path)`` loads an ``Embedder`` from a checkpoint file or an export directory; the
 checkpoint is read as plain data (``embedft.checkpoint``) and neither it nor ``embedft.json`` can
@@ -48,13 +53,14 @@ import yaml
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from embedft.checkpoint import CheckpointError, load_checkpoint
-from embedft.config import ModelConfig
+from embedft.config import ModelConfig, split_prompt
 from embedft.model.embedder import (
     Embedder,
     build_embedder,
     load_embedder_from_checkpoint,
     saved_model_config,
 )
+from embedft.model.tokenize import prompt_tail
 
 log = logging.getLogger("embedft.export")
 
@@ -162,12 +168,16 @@ def export_checkpoint(
             merged.save_pretrained(str(tmp))
             tokenizer = embedder.tokenizer
             if embedder.append_eos:
-                tokenizer = tokenizer_appending_eos(tokenizer)
+                tokenizer = tokenizer_appending_eos(tokenizer, embedder.prompt, embedder.max_length)
             tokenizer.save_pretrained(str(tmp))
             _drop_load_flags(tmp / "tokenizer_config.json")
             check_saved_tokenizer(tmp, embedder)
             write_sentence_transformers_config(
-                tmp, merged.config.hidden_size, embedder.pooling, embedder.max_length
+                tmp,
+                merged.config.hidden_size,
+                embedder.pooling,
+                embedder.max_length,
+                prompt=embedder.prompt,
             )
         meta = {
             "format": EXPORT_FORMAT,
@@ -249,12 +259,16 @@ def _run_results(ckpt: Path) -> dict[str, Any] | None:
         return None
 
 
-def tokenizer_appending_eos(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+def tokenizer_appending_eos(
+    tokenizer: PreTrainedTokenizerBase, prompt: str | None = None, max_length: int = 512
+) -> PreTrainedTokenizerBase:
     """A copy of ``tokenizer`` whose post-processor appends EOS after its own special tokens.
 
-    HF fast tokenizers count the tokens a post-processor adds when they truncate, so a text cut
-    to ``max_length`` keeps its EOS, as ``embedft.model.tokenize.tokenize_with_eos`` does. A
-    tokenizer that already ends its output with EOS is returned unchanged.
+    With a ``prompt`` whose text goes on after ``{s}``, the ids of that text come just before
+    the EOS (``embedft.model.tokenize.prompt_tail``). HF fast tokenizers count the tokens a
+    post-processor adds when they truncate, so a text cut to ``max_length`` keeps its EOS (and
+    prompt suffix), as ``embedft.model.tokenize.tokenize_with_eos`` does. A tokenizer that
+    already ends its output with EOS is returned unchanged (refused with a prompt suffix).
     """
     from tokenizers import Tokenizer
 
@@ -263,20 +277,36 @@ def tokenizer_appending_eos(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTok
         raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token to append")
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"tokenizer {tokenizer.name_or_path!r} is not a fast tokenizer")
+    suffix_ids = prompt_tail(tokenizer, prompt, max_length)[:-1]
     if tokenizer("a")["input_ids"][-1] == eos_id:
+        if suffix_ids:
+            raise ValueError(
+                f"model.prompt {prompt!r}: tokenizer {tokenizer.name_or_path!r} appends EOS "
+                "itself; exporting a prompt with text after {s} for it is not supported"
+            )
         return tokenizer
     tokenizer = copy.deepcopy(tokenizer)
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    spec["post_processor"] = _with_eos(spec["post_processor"], eos, eos_id)
+    suffix = (suffix_ids, tokenizer.convert_ids_to_tokens(suffix_ids))
+    spec["post_processor"] = _with_eos(spec["post_processor"], eos, eos_id, suffix)
     tokenizer._tokenizer = Tokenizer.from_str(json.dumps(spec))
     return tokenizer
 
 
-def _with_eos(post: dict[str, Any] | None, eos: str, eos_id: int) -> dict[str, Any]:
+# The post-processor's name for the prompt suffix's ids (a group of ids, not a vocabulary entry).
+PROMPT_SUFFIX = "<embedft-prompt-suffix>"
+
+
+def _with_eos(
+    post: dict[str, Any] | None,
+    eos: str,
+    eos_id: int,
+    suffix: tuple[list[int], list[str]] = ([], []),
+) -> dict[str, Any]:
     """The JSON of post-processor ``post`` extended to end every sequence with ``eos``.
 
     The EOS goes into the tokenizer's own template: a second template chained after one that
-    adds tokens (Gemma's BOS) would misplace it.
+    adds tokens (Gemma's BOS) would misplace it. ``suffix`` (ids, tokens) goes just before it.
     """
     special = {"id": eos, "ids": [eos_id], "tokens": [eos]}
     if post is None or post["type"] == "ByteLevel":
@@ -289,14 +319,22 @@ def _with_eos(post: dict[str, Any] | None, eos: str, eos_id: int) -> dict[str, A
             ],
             "special_tokens": {},
         }
-        extended = _with_eos(template, eos, eos_id)
+        extended = _with_eos(template, eos, eos_id, suffix)
         return extended if post is None else {"type": "Sequence", "processors": [post, extended]}
     if post["type"] == "TemplateProcessing":
         post = copy.deepcopy(post)
+        ids, tokens = suffix
+        ending = ([PROMPT_SUFFIX] if ids else []) + [eos]
         for key in ("single", "pair"):
             type_id = next(iter(post[key][-1].values()))["type_id"]
-            post[key].append({"SpecialToken": {"id": eos, "type_id": type_id}})
+            post[key] += [{"SpecialToken": {"id": name, "type_id": type_id}} for name in ending]
         post["special_tokens"][eos] = special
+        if ids:
+            post["special_tokens"][PROMPT_SUFFIX] = {
+                "id": PROMPT_SUFFIX,
+                "ids": ids,
+                "tokens": tokens,
+            }
         return post
     if post["type"] == "Sequence":
         post = copy.deepcopy(post)
@@ -305,9 +343,9 @@ def _with_eos(post: dict[str, Any] | None, eos: str, eos_id: int) -> dict[str, A
             (i for i, p in enumerate(inner) if p["type"] == "TemplateProcessing"), default=None
         )
         if last is None:
-            inner.append(_with_eos(None, eos, eos_id))
+            inner.append(_with_eos(None, eos, eos_id, suffix))
         else:
-            inner[last] = _with_eos(inner[last], eos, eos_id)
+            inner[last] = _with_eos(inner[last], eos, eos_id, suffix)
         return post
     raise ValueError(
         f"cannot append EOS to a tokenizer whose post-processor is {post['type']}; "
@@ -324,7 +362,10 @@ def check_saved_tokenizer(directory: Path, embedder: Embedder) -> None:
     reloaded = AutoTokenizer.from_pretrained(str(directory))
     probes = ["a short text", "x " * (4 * embedder.max_length)]
     ours = embedder.tokenize(probes)
-    theirs = reloaded(probes, truncation=True, max_length=embedder.max_length)["input_ids"]
+    prefix, _ = split_prompt(embedder.prompt)  # what sentence-transformers' prompt prepends
+    theirs = reloaded(
+        [prefix + p for p in probes], truncation=True, max_length=embedder.max_length
+    )["input_ids"]
     for i, ids in enumerate(theirs):
         expected = ours["input_ids"][i][ours["attention_mask"][i].bool()].tolist()
         if ids != expected:
@@ -335,9 +376,14 @@ def check_saved_tokenizer(directory: Path, embedder: Embedder) -> None:
 
 
 def write_sentence_transformers_config(
-    directory: Path, hidden_size: int, pooling: str, max_length: int
+    directory: Path, hidden_size: int, pooling: str, max_length: int, prompt: str | None = None
 ) -> None:
-    """The files ``SentenceTransformer(directory)`` reads (as sentence-transformers 6.2 writes)."""
+    """The files ``SentenceTransformer(directory)`` reads (as sentence-transformers 6.2 writes).
+
+    ``prompt``'s text before ``{s}`` becomes the default prompt (see the module docstring).
+    """
+    prefix, _ = split_prompt(prompt)
+    prompts = {"query": prefix, "document": prefix, **({"text": prefix} if prefix else {})}
     modules = [
         ("", "sentence_transformers.base.modules.transformer.Transformer"),
         ("1_Pooling", "sentence_transformers.sentence_transformer.modules.pooling.Pooling"),
@@ -364,8 +410,8 @@ def write_sentence_transformers_config(
         {
             "__version__": {"sentence_transformers": ST_FORMAT_VERSION},
             "model_type": "SentenceTransformer",
-            "prompts": {"query": "", "document": ""},
-            "default_prompt_name": None,
+            "prompts": prompts,
+            "default_prompt_name": "text" if prefix else None,
             "similarity_fn_name": "cosine",
         },
     )
@@ -494,6 +540,7 @@ def _training_rows(config: dict[str, Any], meta: dict[str, Any]) -> list[tuple[s
             f"AdamW lr={optim.get('lr')}, weight decay={optim.get('weight_decay')}, "
             f"warmup={optim.get('warmup_steps')}, schedule={optim.get('scheduler')}",
         ),
+        ("prompt", f"`{model['prompt']}`" if model.get("prompt") else None),
         ("steps", meta.get("global_step")),
         ("seed", config.get("seed")),
     ]
@@ -540,6 +587,7 @@ def load_exported_embedder(
             pooling=meta["pooling"],
             append_eos=meta["append_eos"],
             max_length=meta["max_length"],
+            prompt=model_cfg.prompt,  # the prefix; the tokenizer adds the suffix (stripped too)
             dtype=model_cfg.dtype,
             attn_implementation=model_cfg.attn_implementation,
             trust_remote_code=model_cfg.trust_remote_code,

@@ -221,7 +221,12 @@ def _fit_and_evaluate(cfg, dcfg, out, overrides, group, results) -> Any:
         gradient_checkpointing=cfg.trainer.gradient_checkpointing,
     )
     datamodule = TripletDataModule(
-        cfg.data, embedder.tokenizer, cfg.model.max_length, cfg.model.append_eos, cfg.seed
+        cfg.data,
+        embedder.tokenizer,
+        cfg.model.max_length,
+        cfg.model.append_eos,
+        cfg.seed,
+        prompt=cfg.model.prompt,
     )
     datamodule.num_examples = data_report.rows_used
     world = _world_size(cfg)

@@ -3,7 +3,8 @@
 ``build_embedder`` loads a transformers ``AutoModel`` (the base model: no LM head, so no
 vocabulary logits and no per-layer hidden states are ever computed) with SDPA attention, wraps it
 in peft LoRA adapters when asked, and freezes everything else. ``Embedder.forward`` maps token ids
-to unit-length embeddings; ``Embedder.tokenize`` appends EOS the way the paper embeds text.
+to unit-length embeddings; ``Embedder.tokenize`` appends EOS the way the paper embeds text (and
+wraps it in ``model.prompt``, if set).
 ``Embedder.forward_packed`` embeds texts packed end to end without padding (training's default).
 ``load_embedder_from_checkpoint`` rebuilds one from a training checkpoint (config + LoRA weights),
 read as plain data; ``saved_model_config`` never lets a file switch on ``trust_remote_code``.
@@ -52,6 +53,7 @@ class Embedder(nn.Module):
         pooling: str = "last",
         append_eos: bool = True,
         max_length: int = 150,
+        prompt: str | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -59,6 +61,7 @@ class Embedder(nn.Module):
         self.pooling = pooling
         self.append_eos = append_eos
         self.max_length = max_length
+        self.prompt = prompt  # model.prompt template, applied by tokenize
 
     @property
     def device(self) -> torch.device:
@@ -66,7 +69,7 @@ class Embedder(nn.Module):
 
     def tokenize(self, texts: list[str], padding_side: str = "right") -> dict[str, torch.Tensor]:
         return tokenize_with_eos(
-            self.tokenizer, list(texts), self.max_length, self.append_eos, padding_side
+            self.tokenizer, list(texts), self.max_length, self.append_eos, padding_side, self.prompt
         )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -185,6 +188,7 @@ def build_embedder(
         pooling=model_cfg.pooling,
         append_eos=model_cfg.append_eos,
         max_length=model_cfg.max_length,
+        prompt=model_cfg.prompt,
     )
     return embedder.to(device)
 
