@@ -227,6 +227,7 @@ def _fit_and_evaluate(cfg, dcfg, out, overrides, group, results) -> Any:
         cfg.model.append_eos,
         cfg.seed,
         prompt=cfg.model.prompt,
+        with_negatives=cfg.loss.hard_neg,  # Eq. 2 never looks at them: not even tokenised
     )
     datamodule.num_examples = data_report.rows_used
     world = _world_size(cfg)
