@@ -40,7 +40,7 @@ data: ## build the offline NLI triplets -> data/nli_triplets.csv (+ manifest)
 models: ## convert the offline GGUF models once into the safetensors cache (~25 s + ~60 s)
 	$(OFFLINE) $(PY) -m embedft.model.sources smollm2 gemma3_270m minilm
 
-quickstart: ## fine-tune SmolLM2 offline for a few minutes; print STSBenchmark before/after
+quickstart: ## fine-tune SmolLM2 offline for a few minutes; STSBenchmark before/after -> experiments/results/quickstart.json
 	$(OFFLINE) $(PY) experiments/quickstart.py
 
 offline-paper: ## the offline reproduction (base vs fine-tuned, hard-neg ablation, 9 tasks) -> experiments/results/offline_paper

@@ -150,6 +150,7 @@ def _training_rows(
             f"AdamW lr={optim.get('lr')}, weight decay={optim.get('weight_decay')}, "
             f"warmup={optim.get('warmup_steps')}, schedule={optim.get('scheduler')}",
         ),
+        ("prompt", f"`{model['prompt']}`" if model.get("prompt") else None),
         ("steps", meta.get("global_step")),
         ("seed", config.get("seed")),
     ]

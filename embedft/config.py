@@ -40,8 +40,22 @@ def _one_of(key: str, value: Any, allowed: tuple) -> None:
 
 
 MODEL_SOURCES = ("hub", "local", "gguf_package", "package", "tiny")
+PROMPT_SLOT = "{s}"  # where the text goes in model.prompt
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ALL_STS_TASKS = tuple(STS_TASKS)  # every row of the task table, in its (report) order
+
+
+def split_prompt(prompt: str | None) -> tuple[str, str]:
+    """The text before and after ``{s}`` in a ``model.prompt`` template (``("", "")`` for null)."""
+    if prompt is None:
+        return "", ""
+    _check(
+        prompt.count(PROMPT_SLOT) == 1,
+        f"model.prompt must contain {PROMPT_SLOT} exactly once (where the text goes, e.g. "
+        f"'{PROMPT_SLOT} is: ' or 'query: {PROMPT_SLOT}'; null for no prompt), got {prompt!r}",
+    )
+    prefix, suffix = prompt.split(PROMPT_SLOT)
+    return prefix, suffix
 
 
 @dataclass
@@ -61,9 +75,18 @@ class ModelConfig:
     trust_remote_code: bool = False
     max_length: int = 150
     license: str = ""
+    # null: texts as they are. Else a template with {s} where the text goes, e.g. "{s} is: "
+    # (paper Table 5) or "query: {s}"; see embedft/model/tokenize.py.
+    prompt: str | None = None
 
     def __post_init__(self) -> None:
         _one_of("model.source", self.source, MODEL_SOURCES)
+        _, suffix = split_prompt(self.prompt)
+        _check(
+            self.append_eos or not suffix,
+            f"model.prompt {self.prompt!r} has text after {PROMPT_SLOT}, which embedft places "
+            "before the appended EOS: it needs model.append_eos=true (else use a prefix only)",
+        )
         _one_of("model.pooling", self.pooling, ("last", "mean"))
         _one_of("model.dtype", self.dtype, DTYPES)
         _one_of("model.attn_implementation", self.attn_implementation, ("sdpa", "eager"))

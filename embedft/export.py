@@ -121,7 +121,11 @@ def export_checkpoint(
             merged.save_pretrained(str(tmp))
             save_tokenizer(embedder, tmp)
             write_sentence_transformers_config(
-                tmp, merged.config.hidden_size, embedder.pooling, embedder.max_length
+                tmp,
+                merged.config.hidden_size,
+                embedder.pooling,
+                embedder.max_length,
+                prompt=embedder.prompt,
             )
         meta = {
             "format": EXPORT_FORMAT,

@@ -103,7 +103,13 @@ def fit_and_evaluate(cfg: RunConfig, out: Path, group: str | None, results: Resu
         gradient_checkpointing=cfg.trainer.gradient_checkpointing,
     )
     datamodule = TripletDataModule(
-        cfg.data, embedder.tokenizer, cfg.model.max_length, cfg.model.append_eos, cfg.seed
+        cfg.data,
+        embedder.tokenizer,
+        cfg.model.max_length,
+        cfg.model.append_eos,
+        cfg.seed,
+        prompt=cfg.model.prompt,
+        with_negatives=cfg.loss.hard_neg,  # Eq. 2 never looks at them: not even tokenised
     )
     datamodule.num_examples = report.rows_used
     steps = total_steps(cfg, datamodule.batches_per_epoch(world_size(cfg.trainer)))

@@ -4,9 +4,16 @@
 # 1. base models on the 9 STS tasks (paper Table 3; all-MiniLM-L6-v2 as the reference row),
 # 2. SmolLM2-135M and Gemma-3-270M fine-tuned with and without hard negatives (Tables 2 and 6),
 # 3. embedft.report over both sweeps -> experiments/results/offline_paper/.
-# Every step's wall time and the machine are written to experiments/results/offline_paper/run_info.json.
+# Every step's wall time, the machine and the git commit measured (with whether tracked files
+# differed from it) are written to experiments/results/offline_paper/run_info.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The code this run measures, read before any step: HEAD and whether tracked files differ from it.
+if COMMIT=$(git rev-parse HEAD 2>/dev/null); then
+  if [ -n "$(git status --porcelain --untracked-files=no)" ]; then DIRTY=true; else DIRTY=false; fi
+else
+  COMMIT=unknown DIRTY=unknown
+fi
 PY=${PY:-.venv/bin/python}
 OUT=experiments/results/offline_paper
 # MODELS=smollm2 runs a subset of the decoders (the default is the whole experiment).
@@ -39,7 +46,7 @@ for job in multirun/offline_base/*/*/ multirun/offline_finetune/*/; do
   for f in config.yaml csv/metrics.csv; do [ -f "$job/$f" ] && cp "$job/$f" "$dest/"; done
 done
 
-MODELS=$MODELS "$PY" - "$OUT/run_info.json" "${WALL[base_decoders]}" "${WALL[base_minilm]}" "${WALL[finetune]}" "${WALL[report]}" <<'PYEOF'
+MODELS=$MODELS COMMIT=$COMMIT DIRTY=$DIRTY "$PY" - "$OUT/run_info.json" "${WALL[base_decoders]}" "${WALL[base_minilm]}" "${WALL[finetune]}" "${WALL[report]}" <<'PYEOF'
 import json, os, platform, sys
 import torch
 path, *walls = sys.argv[1:]
@@ -48,12 +55,15 @@ models = os.environ.get("MODELS", "smollm2,gemma3_270m")
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 info = {
     "decoders": models.split(","),
-    "git_commit": os.popen("git rev-parse --short HEAD").read().strip(),
+    "git_commit": os.environ["COMMIT"],
+    "git_dirty": {"true": True, "false": False}.get(os.environ["DIRTY"], "unknown"),
     "wall_time_s": dict(zip(names, map(int, walls))),
     "total_wall_time_s": sum(map(int, walls)),
     "machine": {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                 "python": platform.python_version(), "torch": torch.__version__},
 }
-json.dump(info, open(path, "w"), indent=2)
+with open(path + ".tmp", "w") as f:
+    json.dump(info, f, indent=2)
+os.replace(path + ".tmp", path)
 print(json.dumps(info, indent=2))
 PYEOF

@@ -58,6 +58,9 @@ def test_defaults_are_the_papers_recipe():
         ("data.max_bad_fraction=1", "data.max_bad_fraction must be in [0, 1)"),
         ("+unknown.key=1", "unknown config key(s) ['unknown']"),
         ("+trainer.max_step=5", "unknown config key(s) ['trainer.max_step']"),
+        ('model.prompt="query: "', "model.prompt must contain {s} exactly once"),
+        ('model.prompt="{s} and {s}"', "model.prompt must contain {s} exactly once"),
+        ('model.prompt=""', "model.prompt must contain {s} exactly once"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(override, message):
@@ -137,3 +140,16 @@ def test_grad_cache_and_gradient_accumulation_do_not_combine():
     with pytest.raises(ConfigError, match="embed.grad_cache_chunk_size and trainer.accumulate"):
         check_run_config(cfg)
     check_run_config(_cfg("embed.grad_cache_chunk_size=8"))
+
+
+def test_prompt_is_off_by_default_and_a_quoted_template_composes():
+    assert _cfg().model.prompt is None  # the paper's main results use no prompt
+    # Hydra reads {...} as a dictionary: a template is given quoted, trailing space kept
+    assert _cfg('model.prompt="{s} is: "').model.prompt == "{s} is: "
+    assert _cfg('model.prompt="query: {s}"', "model=minilm").model.prompt == "query: {s}"
+
+
+def test_a_prompt_suffix_needs_the_appended_eos():
+    # Given MiniLM (append_eos=false), a template with text after {s} has nowhere to go
+    with pytest.raises(ConfigError, match="model.prompt '{s} is: ' has text after"):
+        _cfg("model=minilm", 'model.prompt="{s} is: "')

@@ -4,14 +4,19 @@ import csv
 import json
 
 import pytest
+import torch
 
-from embedft.config import DataConfig
+from embedft.config import DataConfig, OptimConfig
 from embedft.data.datamodule import (
     DataError,
     TripletCollator,
+    TripletDataModule,
     TripletStream,
     check_data,
 )
+from embedft.losses.infonce import InfoNCELoss
+from embedft.module import EmbeddingModule
+from tests.conftest import assert_same_grads, make_embedder
 
 
 def _write_csv(path, rows, header=("sent0", "sent1", "hard_neg")):
@@ -144,3 +149,63 @@ def test_an_empty_file_names_itself(tmp_path):
     path.write_text("")
     with pytest.raises(DataError, match=r"empty\.csv cannot be read: the file is empty"):
         check_data(_cfg(path))
+
+
+def test_collator_leaves_negatives_out_when_the_loss_ignores_them(tokenizer):
+    # Given two triplets and a collator for a loss without hard negatives (paper Eq. 2)
+    rows = [
+        {"anchor": "a man", "positive": "a dog is running", "negative": "nobody"},
+        {"anchor": "two people", "positive": "people", "negative": "a cat is sleeping"},
+    ]
+    # When it collates them
+    batch = TripletCollator(tokenizer, max_length=8, with_negatives=False)(rows)
+    # Then the batch holds 2B texts, anchors then positives, and no negative keys
+    assert batch["num_triplets"] == 2
+    assert batch["input_ids"].shape[0] == 4
+    assert batch["attention_mask"].sum(1).tolist() == [3, 3, 5, 2]
+    assert "negative_keys" not in batch and batch["positive_keys"].shape == (2,)
+
+
+def test_datamodule_batches_hold_2b_texts_without_negatives(tmp_path, tokenizer):
+    # Given a triplet file and a datamodule told that the loss uses no negatives
+    cfg = _cfg(_write_csv(tmp_path / "t.csv", ROWS))
+    with_neg = TripletDataModule(cfg, tokenizer, 8, True)
+    without = TripletDataModule(cfg, tokenizer, 8, True, with_negatives=False)
+    for dm in (with_neg, without):
+        dm.setup()
+    # When each yields its first batch of 3 triplets
+    full = next(iter(with_neg.train_dataloader()))
+    short = next(iter(without.train_dataloader()))
+    # Then the second holds the same anchors and positives and nothing else
+    assert (full["input_ids"].shape[0], short["input_ids"].shape[0]) == (9, 6)
+    width = short["input_ids"].shape[1]
+    assert torch.equal(short["input_ids"], full["input_ids"][:6, :width])
+
+
+@pytest.mark.parametrize("pack_len", [128, 0])
+@pytest.mark.parametrize("mask_duplicates", [False, True])
+def test_eq2_without_negatives_gives_the_loss_and_gradients_of_embedding_them(
+    pack_len, mask_duplicates
+):
+    # Given the same embedder twice (no dropout) and triplets, one positive repeated
+    rows = [
+        {"anchor": "a man is playing guitar", "positive": "a man plays", "negative": "nobody"},
+        {"anchor": "a dog is running", "positive": "a dog is outside", "negative": "a cat"},
+        {"anchor": "two people sitting", "positive": "a man plays", "negative": "nobody is there"},
+    ]
+    grads, losses = [], []
+    for with_negatives in (True, False):
+        embedder = make_embedder(seed=5)
+        embedder.pack_len = pack_len  # packed rows, or padded sub-batches
+        loss_fn = InfoNCELoss(hard_neg=False, mask_duplicate_positives=mask_duplicates)
+        module = EmbeddingModule(embedder, loss_fn, OptimConfig(), 1)
+        collate = TripletCollator(embedder.tokenizer, 16, with_negatives=with_negatives)
+        # When the old path (negatives embedded, then ignored) and the new one run a step
+        batch = collate(rows)
+        loss = module.loss_from_embeddings(module.embed_batch(batch), batch)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(embedder)
+    # Then loss and every LoRA gradient agree
+    assert losses[1] == pytest.approx(losses[0], abs=1e-6)
+    assert_same_grads(*grads)

@@ -42,14 +42,20 @@ STS_SET = StsPairs(
 EOS = 2  # <eos> of the tiny byte-level tokenizer
 
 
-def make_run(run_dir: Path, results: dict | None = None, global_step: int = 3) -> Path:
-    """A tiny_llama run dir with ``checkpoints/last.ckpt`` (non-zero LoRA) and ``results.json``.
+def make_run(
+    run_dir: Path,
+    results: dict | None = None,
+    global_step: int = 3,
+    model: str = "tiny_llama",
+    overrides: tuple[str, ...] = (),
+) -> Path:
+    """A tiny run dir with ``checkpoints/last.ckpt`` (non-zero LoRA) and ``results.json``.
 
     The checkpoint content comes from ``EmbeddingModule.on_save_checkpoint``, the code a training
-    run saves with.
+    run saves with. ``overrides``: more Hydra overrides of the run config.
     """
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        dcfg = compose("run", ["model=tiny_llama", "data=local", "logger=csv"])
+        dcfg = compose("run", [f"model={model}", "data=local", "logger=csv", *overrides])
     dcfg.paths.output_dir = str(run_dir)
     cfg = to_object(dcfg)
     torch.manual_seed(0)

@@ -15,12 +15,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
 from embedft.config import to_object
-from embedft.data.datamodule import TripletDataModule, check_data
+from embedft.data import datamodule
+from embedft.data.datamodule import TripletCollator, TripletDataModule, check_data
 from embedft.losses.infonce import InfoNCELoss
 from embedft.model.embedder import build_embedder
 from embedft.model.load import load_embedder_from_checkpoint
 from embedft.module import EmbeddingModule
 from embedft.paths import conf_dir, repo_root
+from embedft.run import train
 
 TRIPLETS = [
     ("a man is playing guitar", "a man plays music", "nobody is playing"),
@@ -150,3 +152,25 @@ def test_missing_data_file_fails_before_the_model_loads(tmp_path):
     assert f"triplet file {missing} does not exist" in result.stderr
     status = json.loads((tmp_path / "nodata" / "results.json").read_text())
     assert status["status"] == "failed" and "does not exist" in status["error"]
+
+
+def test_run_hands_the_prompt_and_eq2_to_the_collator(triplet_file, tmp_path, monkeypatch):
+    # Given a run with a prompt and without hard negatives (Eq. 2), its collator recorded
+    seen = []
+
+    class Recording(TripletCollator):
+        def __call__(self, rows):
+            batch = super().__call__(rows)
+            seen.append((self.prompt, len(rows), batch["input_ids"].shape[0]))
+            return batch
+
+    monkeypatch.setattr(datamodule, "TripletCollator", Recording)
+    overrides = [*_common(triplet_file, tmp_path)[:-1], "trainer.max_steps=1"]
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        dcfg = compose("run", [*overrides, "loss.hard_neg=false", 'model.prompt="{s} is: "'])
+    dcfg.paths.output_dir = str(tmp_path / "run")
+    # When it trains a step
+    results = train(dcfg)
+    # Then the collator applied the prompt and tokenised anchors and positives only
+    assert results["status"] == "completed"
+    assert seen and set(seen) == {("{s} is: ", 4, 8)}

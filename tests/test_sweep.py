@@ -47,7 +47,7 @@ def test_paper_grid_is_the_12_job_sweep_of_the_issue():
 
 @pytest.mark.parametrize(
     "name, jobs",
-    [("paper_table2", 3), ("paper_table6", 2), ("paper_lr", 3)],
+    [("paper_table2", 3), ("paper_table5", 2), ("paper_table6", 2), ("paper_lr", 3)],
 )
 def test_paper_experiments_sweep_what_the_paper_varied(name, jobs):
     cfg = compose_with_hydra("run", [f"experiment={name}"])

@@ -3,8 +3,11 @@
 Rows come from ``datasets`` in streaming mode (a local csv/jsonl/parquet file, or a hub dataset),
 are renamed to anchor/positive/negative by the configured column mapping, shuffled through a
 buffer, sharded per rank (``split_dataset_by_node``) and batched. The collator tokenises the
-3B texts of a batch in one call (EOS appended, dynamic padding) so the model runs one forward for
-anchors, positives and negatives together.
+3B texts of a batch in one call (EOS appended, ``model.prompt`` applied, dynamic padding) so the
+model runs one forward for anchors, positives and negatives together. When the loss ignores hard
+negatives (``loss.hard_neg=false``, paper Eq. 2) the collator leaves them out (``with_negatives``):
+2B texts, a third less work. Rows are still read and checked with their negative, so the batches
+hold the same triplets either way.
 
 Under DDP every rank stops after the same number of batches (``num_examples`` //
 (batch_size * world_size)), so no rank waits forever for a peer whose shard ran out.
@@ -279,18 +282,31 @@ class TripletStream(IterableDataset):
 
 
 class TripletCollator:
-    """Tokenise a batch of triplets into one padded tensor of anchors, positives, negatives."""
+    """Tokenise a batch of triplets into one padded tensor of anchors, positives, negatives.
 
-    def __init__(self, tokenizer, max_length: int, append_eos: bool = True) -> None:
+    ``with_negatives=False``: anchors and positives only, for a loss without hard negatives.
+    ``prompt``: the ``model.prompt`` template (``embedft.model.tokenize``).
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        max_length: int,
+        append_eos: bool = True,
+        *,
+        prompt: str | None = None,
+        with_negatives: bool = True,
+    ) -> None:
         self.tokenizer, self.max_length, self.append_eos = tokenizer, max_length, append_eos
+        self.prompt, self.with_negatives = prompt, with_negatives
 
     def __call__(self, rows: list[dict[str, str]]) -> dict[str, Any]:
-        has_neg = "negative" in rows[0]
+        has_neg = self.with_negatives and "negative" in rows[0]
         texts = [r["anchor"] for r in rows] + [r["positive"] for r in rows]
         if has_neg:
             texts += [r["negative"] for r in rows]
         batch: dict[str, Any] = tokenize_with_eos(
-            self.tokenizer, texts, self.max_length, self.append_eos
+            self.tokenizer, texts, self.max_length, self.append_eos, prompt=self.prompt
         )
         batch["num_triplets"] = len(rows)
         batch["positive_keys"] = torch.tensor([text_key(r["positive"]) for r in rows])
@@ -300,14 +316,26 @@ class TripletCollator:
 
 
 class TripletDataModule(L.LightningDataModule):
-    """Training triplets for ``EmbeddingModule``; see the module docstring."""
+    """Training triplets for ``EmbeddingModule``; see the module docstring.
+
+    ``prompt`` and ``with_negatives`` go to ``TripletCollator``.
+    """
 
     def __init__(
-        self, cfg: DataConfig, tokenizer, max_length: int, append_eos: bool, seed: int = 7
+        self,
+        cfg: DataConfig,
+        tokenizer,
+        max_length: int,
+        append_eos: bool,
+        seed: int = 7,
+        *,
+        prompt: str | None = None,
+        with_negatives: bool = True,
     ) -> None:
         super().__init__()
         self.cfg, self.tokenizer, self.max_length = cfg, tokenizer, max_length
         self.append_eos, self.seed = append_eos, seed
+        self.prompt, self.with_negatives = prompt, with_negatives
         self.num_examples: int | None = None
         self.dataset: TripletStream | None = None
         self.position = {"epoch": 0, "batches": 0}  # where the stream resumes
@@ -342,7 +370,13 @@ class TripletDataModule(L.LightningDataModule):
         return DataLoader(
             self.dataset,
             batch_size=None,  # TripletStream already yields batches
-            collate_fn=TripletCollator(self.tokenizer, self.max_length, self.append_eos),
+            collate_fn=TripletCollator(
+                self.tokenizer,
+                self.max_length,
+                self.append_eos,
+                prompt=self.prompt,
+                with_negatives=self.with_negatives,
+            ),
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
             # Its own generator: creating the loader's iterator must not draw from the global

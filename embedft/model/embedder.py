@@ -3,7 +3,8 @@
 ``build_embedder`` loads a transformers ``AutoModel`` (the base model: no LM head, so no
 vocabulary logits and no per-layer hidden states are ever computed) with SDPA attention, wraps it
 in peft LoRA adapters when asked, and freezes everything else. ``Embedder.forward`` maps token ids
-to unit-length embeddings; ``Embedder.tokenize`` appends EOS the way the paper embeds text.
+to unit-length embeddings; ``Embedder.tokenize`` appends EOS the way the paper embeds text (and
+wraps it in ``model.prompt``, if set).
 ``Embedder.embed`` is how every caller turns a padded batch into embeddings: packed end to end
 without padding, or in trimmed sub-batches (``embedft.model.packing``), by the embedder's
 ``pack_len`` and ``sub_batch_rows`` (config group ``embed``).
@@ -50,6 +51,7 @@ class Embedder(nn.Module):
         max_length: int = 150,
         pack_len: int = EmbedConfig.pack_len,
         sub_batch_rows: int = EmbedConfig.sub_batch_rows,
+        prompt: str | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -59,6 +61,7 @@ class Embedder(nn.Module):
         self.max_length = max_length
         self.pack_len = pack_len
         self.sub_batch_rows = sub_batch_rows
+        self.prompt = prompt  # model.prompt template, applied by tokenize
 
     @property
     def device(self) -> torch.device:
@@ -66,7 +69,7 @@ class Embedder(nn.Module):
 
     def tokenize(self, texts: list[str], padding_side: str = "right") -> dict[str, torch.Tensor]:
         return tokenize_with_eos(
-            self.tokenizer, list(texts), self.max_length, self.append_eos, padding_side
+            self.tokenizer, list(texts), self.max_length, self.append_eos, padding_side, self.prompt
         )
 
     def embed(
@@ -215,6 +218,7 @@ def build_embedder(
         max_length=model_cfg.max_length,
         pack_len=embed_cfg.pack_len,
         sub_batch_rows=embed_cfg.sub_batch_rows,
+        prompt=model_cfg.prompt,
     )
     return embedder.to(device)
 

@@ -189,6 +189,7 @@ def load_exported_embedder(
             pooling=meta["pooling"],
             append_eos=meta["append_eos"],
             max_length=meta["max_length"],
+            prompt=model_cfg.prompt,  # the prefix; the tokenizer adds the suffix (stripped too)
             dtype=model_cfg.dtype,
             attn_implementation=model_cfg.attn_implementation,
             trust_remote_code=model_cfg.trust_remote_code,

@@ -15,7 +15,7 @@ with AutoConfig / AutoModel / AutoModelForCausalLM; because the registered class
 AutoConfig picks them even when a config.json carries an `auto_map` to remote code, without
 `trust_remote_code` (see transformers' `explicit_local_code` in AutoConfig.from_pretrained).
 
-    >>> import embedft.model  # registers minicpm
+    >>> import embedft  # registers minicpm
     >>> from transformers import AutoModel
     >>> backbone = AutoModel.from_pretrained("openbmb/MiniCPM-2B-dpo-bf16")  # -> MiniCPMModel
 """
@@ -50,6 +50,8 @@ class MiniCPMConfig(LlamaConfig):
         (MiniCPM-2B: 1.4).
     dim_model_base: the LM head sees hidden / (hidden_size / dim_model_base) (MiniCPM-2B: 256);
         irrelevant for embeddings, kept so that the causal-LM logits are faithful.
+    tie_word_embeddings: True, as in OpenBMB's configuration_minicpm (Llama's default is False):
+        the hub checkpoints store no ``lm_head.weight``, so an untied head would be random.
     """
 
     model_type = "minicpm"
@@ -57,6 +59,7 @@ class MiniCPMConfig(LlamaConfig):
     scale_emb: float = 1.0
     scale_depth: float = 1.0
     dim_model_base: int = 1
+    tie_word_embeddings: bool = True
 
 
 class MiniCPMScaledEmbedding(nn.Embedding):
