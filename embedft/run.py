@@ -23,7 +23,6 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from embedft import resume
@@ -102,16 +101,7 @@ def fit_and_evaluate(cfg: RunConfig, out: Path, group: str | None, results: Resu
         dtype=resolve_dtype(cfg.model.dtype, "cuda" if gpu else "cpu"),
         gradient_checkpointing=cfg.trainer.gradient_checkpointing,
     )
-    datamodule = TripletDataModule(
-        cfg.data,
-        embedder.tokenizer,
-        cfg.model.max_length,
-        cfg.model.append_eos,
-        cfg.seed,
-        prompt=cfg.model.prompt,
-        with_negatives=cfg.loss.hard_neg,  # Eq. 2 never looks at them: not even tokenised
-    )
-    datamodule.num_examples = report.rows_used
+    datamodule = TripletDataModule.for_run(cfg, embedder.tokenizer, report)
     steps = total_steps(cfg, datamodule.batches_per_epoch(world_size(cfg.trainer)))
     logger = build_logger(cfg.logger, out, results.overrides, group, run_id=state.get("wandb_id"))
     if resume_from is not None:
@@ -131,46 +121,22 @@ def fit_and_evaluate(cfg: RunConfig, out: Path, group: str | None, results: Resu
     trainer = build_trainer(cfg, out, logger, callbacks, gpu)
     if logger:
         logger.log_hyperparams(results.config)
-    started, last = time.perf_counter(), callbacks.last
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-    except SIGTERMException:  # Lightning's own exit after SIGTERM: a SystemExit with code 0
-        if last.preempted_by is None:
-            raise resume.Preempted("preempted by SIGTERM before a checkpoint was written") from None
-    step = trainer.global_step or _saved_step(last.path)  # ddp_spawn: the steps ran in children
-    results.train = {
-        "global_step": step,
-        "wall_time_s": round(time.perf_counter() - started, 2),
-        "final_loss": last.losses[-1] if last.losses else None,
-        "losses": [round(x, 6) for x in last.losses],
-        "total_steps_planned": steps,
-        "resumed_from": resume_from,
-    }
-    best_path = callbacks.best.best_model_path if callbacks.best is not None else ""
-    results.checkpoint = best_path or (str(last.path) if last.path.exists() else None)
-    if callbacks.dev is not None:
-        results.stsb_dev = [{"step": s, "spearman": v} for s, v in callbacks.dev.curve]
-    if last.preempted_by is not None:
-        results.error = f"preempted by {last.preempted_by} at step {step}; checkpoint {last.path}"
-        return last.hand_over
+    results.train, started = {"resumed_from": resume_from}, time.perf_counter()
+    callbacks.fit(trainer, module, datamodule, resume_from)
+    callbacks.record(results, trainer, steps, started)
+    if callbacks.last.preempted_by is not None:
+        return callbacks.last.hand_over
     results.write(out)
     if cfg.eval.after_fit and trainer.is_global_zero:
-        if best_path:  # score the adapters STSB-dev picked, not the last step's
-            module.load_state_dict(load_checkpoint(best_path, key="best")["state_dict"], False)
+        if callbacks.best is not None and callbacks.best.best_model_path:  # STSB-dev's pick
+            best = load_checkpoint(callbacks.best.best_model_path, key="best")
+            module.load_state_dict(best["state_dict"], strict=False)
         ev = cfg.eval
         results.sts = evaluate_sts(
             module.embedder, ev.tasks, sts_dir, ev.batch_size, split=ev.split, source=ev.source
         )
         log_sts_table(logger, results.sts)
     return None
-
-
-def _saved_step(last_path: Path) -> int:
-    return (
-        int(load_checkpoint(last_path, key="checkpoint")["global_step"])
-        if last_path.exists()
-        else 0
-    )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="run")

@@ -10,15 +10,19 @@ that step's ``last.ckpt``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from embedft.checkpoint import load_checkpoint
 from embedft.config import ConfigError, RunConfig
-from embedft.resume import ResumeCheckpoint, cluster_plugins
+from embedft.results import Results
+from embedft.resume import Preempted, ResumeCheckpoint, cluster_plugins
 
 
 @dataclass
@@ -31,6 +35,43 @@ class RunCallbacks:
 
     def as_list(self) -> list[Any]:
         return [c for c in (self.dev, self.best) if c is not None] + [self.last]
+
+    def fit(
+        self, trainer: L.Trainer, module: Any, datamodule: Any, resume_from: str | None
+    ) -> None:
+        """``trainer.fit`` from ``resume_from``, checkpoints read as plain data only."""
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        except SIGTERMException:  # Lightning's own exit after SIGTERM: a SystemExit, code 0
+            if self.last.preempted_by is None:
+                raise Preempted("preempted by SIGTERM before a checkpoint was written") from None
+
+    def record(self, results: Results, trainer: L.Trainer, planned: int, started: float) -> None:
+        """What fit did, into ``results``: steps, per-step losses, dev curve, best checkpoint."""
+        last = self.last
+        step = trainer.global_step or _saved_step(last.path)  # ddp_spawn: steps ran in children
+        results.train = {
+            "global_step": step,
+            "wall_time_s": round(time.perf_counter() - started, 2),
+            "final_loss": last.losses[-1] if last.losses else None,
+            "losses": [round(x, 6) for x in last.losses],
+            "total_steps_planned": planned,
+            "resumed_from": (results.train or {}).get("resumed_from"),
+        }
+        best = self.best.best_model_path if self.best is not None else ""
+        results.checkpoint = best or (str(last.path) if last.path.exists() else None)
+        if self.dev is not None:
+            results.stsb_dev = [{"step": s, "spearman": v} for s, v in self.dev.curve]
+        if last.preempted_by is not None:
+            results.error = (
+                f"preempted by {last.preempted_by} at step {step}; checkpoint {last.path}"
+            )
+
+
+def _saved_step(last_path: Path) -> int:
+    if not last_path.exists():
+        return 0
+    return int(load_checkpoint(last_path, key="checkpoint")["global_step"])
 
 
 def total_steps(cfg: RunConfig, batches_per_epoch: int | None) -> int:

@@ -172,5 +172,5 @@ def test_run_hands_the_prompt_and_eq2_to_the_collator(triplet_file, tmp_path, mo
     # When it trains a step
     results = train(dcfg)
     # Then the collator applied the prompt and tokenised anchors and positives only
-    assert results["status"] == "completed"
+    assert results.status == "completed"
     assert seen and set(seen) == {("{s} is: ", 4, 8)}

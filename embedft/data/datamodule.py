@@ -340,6 +340,21 @@ class TripletDataModule(L.LightningDataModule):
         self.dataset: TripletStream | None = None
         self.position = {"epoch": 0, "batches": 0}  # where the stream resumes
 
+    @classmethod
+    def for_run(cls, cfg: Any, tokenizer, report: DataReport) -> TripletDataModule:
+        """The datamodule of an ``embedft.run`` config (``RunConfig``), its data already checked."""
+        datamodule = cls(
+            cfg.data,
+            tokenizer,
+            cfg.model.max_length,
+            cfg.model.append_eos,
+            cfg.seed,
+            prompt=cfg.model.prompt,
+            with_negatives=cfg.loss.hard_neg,  # Eq. 2 never looks at them: not even tokenised
+        )
+        datamodule.num_examples = report.rows_used
+        return datamodule
+
     def prepare_data(self) -> None:
         if self.num_examples is None:
             self.num_examples = check_data(self.cfg).rows_used
