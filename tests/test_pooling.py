@@ -3,7 +3,6 @@
 import torch
 
 from embedft.model.pooling import pool_last_token, pool_mean
-from embedft.model.tokenize import tokenize_with_eos
 
 TEXTS = ["a man is playing guitar", "dog", "two people sitting on a bench in the park"]
 
@@ -20,15 +19,6 @@ def test_mean_pooling_ignores_padding():
     hidden = torch.tensor([[[1.0], [3.0], [100.0]]])
     mask = torch.tensor([[1, 1, 0]])
     assert pool_mean(hidden, mask).item() == 2.0
-
-
-def test_eos_is_last_attended_token_left_and_right(tokenizer):
-    for side in ("left", "right"):
-        batch = tokenize_with_eos(tokenizer, TEXTS, max_length=6, padding_side=side)
-        last = (batch["attention_mask"] * torch.arange(batch["input_ids"].shape[1])).argmax(1)
-        assert batch["input_ids"][torch.arange(len(TEXTS)), last].tolist() == [2, 2, 2]
-        # truncation keeps max_length - 1 text tokens, then EOS
-        assert batch["attention_mask"].sum(1).tolist() == [6, 2, 6]
 
 
 def test_left_and_right_padding_give_equal_embeddings(embedder):
