@@ -121,7 +121,7 @@ def test_model_checkpoint_with_same_interval_keeps_the_best_step_not_the_last(tm
     # Then the kept checkpoint is step 4's, scored 90
     assert callback.curve == [(2, 50.0), (4, 90.0), (6, 70.0), (7, 60.0)]
     assert best.best_model_score.item() == 90.0
-    assert torch.load(best.best_model_path, weights_only=False)["global_step"] == 4
+    assert torch.load(best.best_model_path, weights_only=True)["global_step"] == 4
 
 
 def test_callback_scores_each_optimizer_step_once_with_gradient_accumulation(tmp_path):

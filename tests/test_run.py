@@ -86,7 +86,7 @@ def test_run_trains_checkpoints_and_resumes(triplet_file, tmp_path):
     assert math.isfinite(results["train"]["final_loss"])
     assert (out / "config.yaml").is_file()
     # And its checkpoint holds only the adapters, the optimizer state and the config
-    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"])
     assert ckpt["optimizer_states"] and ckpt["embedft_config"]["model"]["name"] == "tiny_llama"
 
