@@ -206,6 +206,7 @@ def test_eq2_without_negatives_gives_the_loss_and_gradients_of_embedding_them(
         loss.backward()
         losses.append(loss.item())
         grads.append(embedder)
-    # Then loss and every LoRA gradient agree
-    assert losses[1] == pytest.approx(losses[0], abs=1e-6)
+    # Then loss and every LoRA gradient agree (packing the texts in another order changes fp32
+    # rounding: 1e-5, as the other packed = padded checks)
+    assert losses[1] == pytest.approx(losses[0], abs=1e-5)
     assert_same_grads(*grads)
