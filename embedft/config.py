@@ -42,6 +42,17 @@ def _one_of(key: str, value: Any, allowed: tuple) -> None:
 MODEL_SOURCES = ("hub", "local", "gguf_package", "package", "tiny")
 PROMPT_SLOT = "{s}"  # where the text goes in model.prompt
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# sdpa: SDPA, and text-by-text attention over packed rows (embedft/model/attention.py); eager:
+# transformers' matmul attention; flash_attention_2: flash-attn's kernels (varlen when packed).
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
+
+
+def _has_flash_attn() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
+
+
 ALL_STS_TASKS = tuple(STS_TASKS)  # every row of the task table, in its (report) order
 
 
@@ -89,7 +100,12 @@ class ModelConfig:
         )
         _one_of("model.pooling", self.pooling, ("last", "mean"))
         _one_of("model.dtype", self.dtype, DTYPES)
-        _one_of("model.attn_implementation", self.attn_implementation, ("sdpa", "eager"))
+        _one_of("model.attn_implementation", self.attn_implementation, ATTENTION)
+        _check(
+            self.attn_implementation != "flash_attention_2" or _has_flash_attn(),
+            "model.attn_implementation=flash_attention_2 needs the flash-attn package and a CUDA "
+            "GPU (pip install flash-attn); sdpa packs text by text without it",
+        )
         _check(self.max_length >= 2, f"model.max_length must be >= 2, got {self.max_length}")
         _check(
             self.source != "gguf_package" or bool(self.gguf_file),
@@ -142,12 +158,13 @@ class EmbedConfig:
     rounding (tests/test_packing.py, tests/test_grad_cache.py).
     """
 
-    pack_len: int = 128  # >0: texts packed end to end in rows of this many tokens; 0: off
+    pack_len: int = 4096  # >0: texts packed end to end in rows of up to this many tokens; 0: off
     sub_batch_rows: int = 64  # no packing: sorted sub-batches of this many rows; 0: one forward
-    grad_cache_chunk_size: int = 0  # >0: gradient caching, this many texts per chunk; 0: off
+    grad_cache_chunk_tokens: int = 0  # >0: gradient caching, chunks of at most this many tokens
+    # (0: off). Peak memory follows the chunk, not the batch: NLI texts average ~14 tokens.
 
     def __post_init__(self) -> None:
-        for key in ("pack_len", "sub_batch_rows", "grad_cache_chunk_size"):
+        for key in ("pack_len", "sub_batch_rows", "grad_cache_chunk_tokens"):
             value = getattr(self, key)
             _check(value >= 0, f"embed.{key} must be >= 0 (0 = off), got {value}")
 
@@ -374,9 +391,9 @@ def check_run_config(cfg: RunConfig, overrides: list[str] | None = None) -> None
             "loss.hard_neg=true needs hard negatives but data.negative_column is null; "
             "set loss.hard_neg=false or name the negative column"
         )
-    if cfg.embed.grad_cache_chunk_size and cfg.trainer.accumulate_grad_batches > 1:
+    if cfg.embed.grad_cache_chunk_tokens and cfg.trainer.accumulate_grad_batches > 1:
         raise ConfigError(
-            "embed.grad_cache_chunk_size and trainer.accumulate_grad_batches > 1 do not combine: "
+            "embed.grad_cache_chunk_tokens and trainer.accumulate_grad_batches > 1 do not combine: "
             "gradient caching already trains the whole batch at once"
         )
 
@@ -391,8 +408,21 @@ def register_configs() -> None:
 # Keys that moved to another group: the old spelling fails saying where the key went.
 MOVED_KEYS = {
     "trainer.pack_len": "embed.pack_len",
-    "loss.grad_cache_chunk_size": "embed.grad_cache_chunk_size",
+    "loss.grad_cache_chunk_size": "embed.grad_cache_chunk_tokens",
+    "embed.grad_cache_chunk_size": "embed.grad_cache_chunk_tokens",
 }
+# New keys whose unit differs from the old one's: the old value is no answer, this note is.
+_NEW_UNIT = {
+    "embed.grad_cache_chunk_tokens": "chunks are sized in tokens now, not texts (NLI texts "
+    "average ~14 tokens: 64 texts ~ embed.grad_cache_chunk_tokens=900)",
+}
+
+
+def _moved(key: str, value: str | None = None) -> str:
+    new = MOVED_KEYS[key]
+    if new in _NEW_UNIT:
+        return f"{key} became {new}: {_NEW_UNIT[new]}"
+    return f"{key} moved to {new}" + (f": use {new}={value}" if value is not None else "")
 
 
 def moved_key_error(overrides: list[str]) -> str | None:
@@ -403,7 +433,7 @@ def moved_key_error(overrides: list[str]) -> str | None:
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
         if key in MOVED_KEYS:
-            return f"{key} moved to {MOVED_KEYS[key]}: use {MOVED_KEYS[key]}={value}"
+            return _moved(key, value)
     return None
 
 
@@ -435,7 +465,7 @@ def to_object(cfg: DictConfig, schema: type | None = None) -> Any:
     """
     if schema is not None:
         extra = unknown_keys(cfg, schema)
-        moved = [f"{k} moved to {MOVED_KEYS[k]}" for k in extra if k in MOVED_KEYS]
+        moved = [_moved(k) for k in extra if k in MOVED_KEYS]
         if moved:
             raise ConfigError(f"unknown config key(s) {extra}: {'; '.join(moved)}")
         if extra:

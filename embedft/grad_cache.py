@@ -8,12 +8,14 @@ Limited Setup"): an exact InfoNCE gradient for a large batch in memory bounded b
    masks, and backpropagate ``sum(embedding * cached_grad)``: the chain rule, one sub-batch at a
    time, accumulating the exact full-batch gradient in the LoRA weights.
 
-Peak activation memory is that of one sub-batch, whatever the batch size.
+Peak activation memory is that of one sub-batch, whatever the batch size. Training sizes the
+sub-batches by tokens (``embedft.model.packing.token_chunks``, ``embed.grad_cache_chunk_tokens``),
+so the peak stays flat when the batch grows; a fixed number of rows per chunk also works.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -38,7 +40,7 @@ def grad_cache_backward(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     loss_of: Callable[[torch.Tensor], torch.Tensor],
-    chunk_size: int,
+    chunk_rows: int | Sequence[int],
     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
 ) -> torch.Tensor:
     """Accumulate d loss_of(embed(all texts)) / d params into ``.grad``; return the loss.
@@ -46,12 +48,14 @@ def grad_cache_backward(
     ``embed`` maps a chunk's padded (ids, mask) rows to embeddings (n, H): it owns the layout,
     trimming the padding the chunk does not need (``Embedder.embed`` packs or trims);
     ``loss_of`` maps all embeddings (N, H) to a scalar; ``backward`` runs a backward pass
-    (Lightning's ``manual_backward`` in training).
+    (Lightning's ``manual_backward`` in training). ``chunk_rows``: the rows of each chunk in
+    order (summing to N), or one number of rows for every chunk.
     """
-    chunks = [
-        (input_ids[start : start + chunk_size], attention_mask[start : start + chunk_size])
-        for start in range(0, input_ids.shape[0], chunk_size)
-    ]
+    if isinstance(chunk_rows, int):
+        n = input_ids.shape[0]
+        chunk_rows = [min(chunk_rows, n - start) for start in range(0, n, chunk_rows)]
+    chunk_rows = list(chunk_rows)
+    chunks = list(zip(input_ids.split(chunk_rows), attention_mask.split(chunk_rows), strict=True))
     states, reps = [], []
     with torch.no_grad():
         for ids, mask in chunks:
@@ -60,7 +64,7 @@ def grad_cache_backward(
     cached = torch.cat(reps).detach().requires_grad_()  # (N, H)
     loss = loss_of(cached)
     loss.backward()
-    grads = cached.grad.split(chunk_size)  # (n, H) per chunk
+    grads = cached.grad.split(chunk_rows)  # (n, H) per chunk
     for (ids, mask), state, grad in zip(chunks, states, grads, strict=True):
         with _replay_rng(state):
             emb = embed(ids, mask)  # (n, H)

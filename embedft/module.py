@@ -6,8 +6,9 @@ The collator stacks a batch's anchors, positives and negatives into one padded t
 (B, H) tensors. AdamW over the LoRA weights only, linear warmup then cosine decay, stepped every
 optimizer step. Checkpoints hold the trainable (LoRA) weights, the optimizer state and the
 resolved config: megabytes for a 2B model.
-With ``embed.grad_cache_chunk_size > 0`` the step runs gradient caching (``embedft.grad_cache``)
-under manual optimisation, each chunk embedded by ``Embedder.embed`` too.
+With ``embed.grad_cache_chunk_tokens > 0`` the step runs gradient caching (``embedft.grad_cache``)
+under manual optimisation in chunks of at most that many tokens, each embedded by
+``Embedder.embed`` too.
 
 A non-finite loss, or LoRA weights that turn non-finite after an optimizer step, stop training
 with ``NonFiniteError`` (the step and what went wrong) before anything is saved from that state.
@@ -27,6 +28,7 @@ from embedft.config import OptimConfig
 from embedft.grad_cache import grad_cache_backward
 from embedft.losses import Loss
 from embedft.model.embedder import Embedder, trainable_state_dict
+from embedft.model.packing import token_chunks
 
 
 class NonFiniteError(FloatingPointError):
@@ -59,7 +61,7 @@ class EmbeddingModule(L.LightningModule):
         optim: OptimConfig,
         total_steps: int,
         config: dict[str, Any] | None = None,
-        grad_cache_chunk_size: int = 0,
+        grad_cache_chunk_tokens: int = 0,
         run_state: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -69,8 +71,8 @@ class EmbeddingModule(L.LightningModule):
         self.total_steps = total_steps
         self.config = config or {}
         self.run_state = run_state or {}  # plain data for checkpoints (the W&B run id)
-        self.grad_cache_chunk_size = grad_cache_chunk_size
-        self.automatic_optimization = grad_cache_chunk_size == 0
+        self.grad_cache_chunk_tokens = grad_cache_chunk_tokens
+        self.automatic_optimization = grad_cache_chunk_tokens == 0
         self.strict_loading = False  # checkpoints hold the adapters, not the frozen base
 
     def on_fit_start(self) -> None:
@@ -91,7 +93,7 @@ class EmbeddingModule(L.LightningModule):
         )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        if self.grad_cache_chunk_size:
+        if self.grad_cache_chunk_tokens:
             loss = self._grad_cache_step(batch)
         else:
             loss = self.loss_from_embeddings(self.embed_batch(batch), batch)
@@ -118,7 +120,8 @@ class EmbeddingModule(L.LightningModule):
         # the (small) LoRA gradients once at the end instead.
         no_sync = ddp_model.no_sync() if hasattr(ddp_model, "no_sync") else nullcontext()
         # Chunks of length-sorted rows pad little; the loss sees the rows back in batch order.
-        order = batch["attention_mask"].sum(dim=1).argsort(descending=True, stable=True)  # (N,)
+        lengths = batch["attention_mask"].sum(dim=1)  # (N,)
+        order = lengths.argsort(descending=True, stable=True)  # (N,)
         inverse = order.argsort()
         with no_sync:
             loss = grad_cache_backward(
@@ -126,7 +129,7 @@ class EmbeddingModule(L.LightningModule):
                 batch["input_ids"][order],
                 batch["attention_mask"][order],
                 lambda emb: self.loss_from_embeddings(emb[inverse], batch),
-                self.grad_cache_chunk_size,
+                token_chunks(lengths[order], self.grad_cache_chunk_tokens),
                 backward=self.manual_backward,
             )
         if world > 1:

@@ -112,7 +112,7 @@ def fit_and_evaluate(cfg: RunConfig, out: Path, group: str | None, results: Resu
         cfg.optim,
         steps,
         config=results.config,
-        grad_cache_chunk_size=cfg.embed.grad_cache_chunk_size,
+        grad_cache_chunk_tokens=cfg.embed.grad_cache_chunk_tokens,
         run_state={"wandb_id": wandb_run_id(logger)},
     )
     if cfg.trainer.compile:

@@ -123,7 +123,7 @@ def build_trainer(
         max_steps=t.max_steps,
         accumulate_grad_batches=t.accumulate_grad_batches,
         # Gradient caching steps the optimizer itself and clips there (EmbeddingModule).
-        gradient_clip_val=None if cfg.embed.grad_cache_chunk_size else t.gradient_clip_val,
+        gradient_clip_val=None if cfg.embed.grad_cache_chunk_tokens else t.gradient_clip_val,
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar,

@@ -1,6 +1,6 @@
 """Peak memory of one training step: gradient caching across batch sizes, gradient checkpointing.
 
-    python experiments/bench_memory.py [--batches 64 256 512] [--chunk 64] [--max-length 64]
+    python experiments/bench_memory.py [--batches 64 256 512] [--chunk 1024] [--max-length 64]
                                        [--checkpointing-batch 64]
 
 Every figure is one optimizer step of embedft's real training path (``EmbeddingModule`` in a
@@ -9,9 +9,11 @@ Lightning ``Trainer``, smollm2, fp32 on CPU, the paper's LoRA, triplets from
 the figure. A run with no training (model loaded, nothing else) gives the floor; "activations" is
 peak minus floor.
 
-* Gradient caching (``embed.grad_cache_chunk_size``): each batch size with and without it. Without
-  it the activations of the whole batch are alive at once; with it, those of one chunk of texts.
-  A second chunk size at the middle batch shows that the chunk, not the batch, sets the peak.
+* Gradient caching (``embed.grad_cache_chunk_tokens``): each batch size with and without it.
+  Without it the activations of the whole batch are alive at once; with it, those of one chunk of
+  at most ``--chunk`` tokens. A second chunk size at the middle batch shows that the chunk, not
+  the batch, sets the peak; the summary gives the peak at the largest batch over the peak at the
+  smallest, same chunk (target: <= 1.15).
 * Gradient checkpointing (``trainer.gradient_checkpointing``): on/off at one batch size.
 
 The machine is shared: a run is killed past ``--rss-cap-gb`` (default: available memory - 2 GB),
@@ -91,8 +93,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 256, 512])
-    parser.add_argument("--chunk", type=int, default=64, help="grad cache chunk (texts)")
-    parser.add_argument("--second-chunk", type=int, default=16, help="at the middle batch")
+    parser.add_argument("--chunk", type=int, default=1024, help="grad cache chunk (tokens)")
+    parser.add_argument("--second-chunk", type=int, default=256, help="at the middle batch")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--checkpointing-batch", type=int, default=64)
     parser.add_argument("--rss-cap-gb", type=float, default=None)
@@ -128,12 +130,12 @@ def main() -> None:
             previous = row
         rows.append({"grad_cache": 0, "checkpointing": False, **row})
         cached = run_step(
-            args, batch, [f"--override=embed.grad_cache_chunk_size={args.chunk}"], cap
+            args, batch, [f"--override=embed.grad_cache_chunk_tokens={args.chunk}"], cap
         )
         rows.append({"grad_cache": args.chunk, "checkpointing": False, **cached})
     middle = args.batches[len(args.batches) // 2]
     if args.second_chunk:
-        extra = [f"--override=embed.grad_cache_chunk_size={args.second_chunk}"]
+        extra = [f"--override=embed.grad_cache_chunk_tokens={args.second_chunk}"]
         rows.append(
             {
                 "grad_cache": args.second_chunk,
@@ -159,12 +161,31 @@ def main() -> None:
         "environment": env,
         "floor": floor,
         "runs": rows,
+        "grad_cache_peak_ratio": peak_ratio(rows, args.chunk, args.batches),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)
     args.out.with_suffix(".md").write_text(text)
     print(text)
+
+
+def peak_ratio(rows: list[dict[str, Any]], chunk: int, batches: list[int]) -> dict[str, Any]:
+    """Peak RSS at the largest batch over the smallest, both with gradient caching of ``chunk``."""
+    peaks = {
+        r["batch"]: r["peak_rss_mb"]
+        for r in rows
+        if r["grad_cache"] == chunk
+        and not r["checkpointing"]
+        and "peak_rss_mb" in r
+        and "error" not in r
+        and "skipped" not in r
+    }
+    small, large = min(batches), max(batches)
+    if small not in peaks or large not in peaks:
+        return {"small": small, "large": large, "ratio": None, "note": "a run is missing"}
+    ratio = round(peaks[large] / peaks[small], 3)
+    return {"small": small, "large": large, "ratio": ratio, "target": 1.15, "met": ratio <= 1.15}
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -177,7 +198,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"Floor (model loaded, no step): {floor} MB. RSS cap {env['rss_cap_gb']} GB. "
         f"Load average before/after: {env['loadavg_start']} / {env['loadavg_end']}.",
         "",
-        "| triplets | real tokens | grad cache chunk | checkpointing | peak RSS MB "
+        "| triplets | real tokens | grad cache chunk (tokens) | checkpointing | peak RSS MB "
         "| activations MB | step s |",
         "|---:|---:|---:|---|---:|---:|---:|",
     ]
@@ -194,6 +215,14 @@ def markdown(report: dict[str, Any]) -> str:
             f"{'on' if r['checkpointing'] else 'off'} | {r['peak_rss_mb']} | "
             f"{round(r['peak_rss_mb'] - floor, 1)} | {r['step_s']} |"
         )
+    ratio = report.get("grad_cache_peak_ratio") or {}
+    if ratio.get("ratio") is not None:
+        lines += [
+            "",
+            f"Gradient caching ({s['chunk']} tokens a chunk): peak RSS at {ratio['large']} "
+            f"triplets / at {ratio['small']}: **{ratio['ratio']}x** (target <= 1.15: "
+            f"{'met' if ratio['met'] else 'NOT met'}).",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -228,7 +228,7 @@ class CausalLMBackbone:
         from torch import nn
         from transformers import AutoModelForCausalLM
 
-        from embedft.model.embedder import apply_lora
+        from embedft.model.lora import apply_lora
 
         class Wrapper(nn.Module):
             def __init__(self, lm: nn.Module) -> None:
@@ -299,7 +299,7 @@ def worker_embedft(args) -> None:
         loss_fn,
         cfg.optim,
         args.steps,
-        grad_cache_chunk_size=cfg.embed.grad_cache_chunk_size,
+        grad_cache_chunk_tokens=cfg.embed.grad_cache_chunk_tokens,
     )
     loss_at_init = (
         None if args.no_init_check else embedft_loss_at_init(module, args.batch_size, cfg.model)
@@ -375,19 +375,19 @@ def worker_idle(args) -> None:
 
 def executed_tokens(module, hook: str | None, batch: dict[str, Any]) -> int:
     """Tokens the step's forwards run, padding included (mirrors ``Embedder.embed``)."""
-    from embedft.model.packing import pack_texts
+    from embedft.model.packing import pack_texts, token_chunks
 
     ids, mask = batch["input_ids"], batch["attention_mask"]
     embedder = module.embedder
     packs = embedder.pack_len > 0 and embedder.supports_packing
-    if module.grad_cache_chunk_size:  # length-sorted chunks, each packed or padded (one pass)
-        chunk = module.grad_cache_chunk_size
+    if module.grad_cache_chunk_tokens:  # length-sorted chunks, each packed or padded (one pass)
+        lengths = mask.sum(dim=1)
+        order = lengths.argsort(descending=True, stable=True)
+        chunks = order.split(token_chunks(lengths[order], module.grad_cache_chunk_tokens))
         if not packs:
-            return _padded(mask, chunk)
-        order = mask.sum(dim=1).argsort(descending=True, stable=True)
+            return sum(int(mask[rows].sum(dim=0).gt(0).sum()) * len(rows) for rows in chunks)
         return sum(
-            int(pack_texts(ids[rows], mask[rows], embedder.pack_len)[0].numel())
-            for rows in order.split(chunk)
+            int(pack_texts(ids[rows], mask[rows], embedder.pack_len)[0].numel()) for rows in chunks
         )
     if hook == "columns":
         return sum(_padded(m, None) for m in _trimmed_columns(mask, batch["num_triplets"]))

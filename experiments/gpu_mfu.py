@@ -1,8 +1,11 @@
 """Tokens/s and model FLOPs utilisation (MFU) of embedft's training step on one GPU.
 
     python experiments/gpu_mfu.py                       # Gemma-2B-sized model, bf16, on CUDA
-    python experiments/gpu_mfu.py --configs pack:sdpa pack:sdpa:compile sorted:sdpa
+    python experiments/gpu_mfu.py --configs pack:varlen pack@128:sdpa --batches 60 512
     python experiments/gpu_mfu.py --tiny --device cpu   # a tiny model on CPU: the script runs
+
+One prepared script for a lent GPU: the default set (two batch sizes, five configurations, 5
+warm-up + 15 timed steps each) finishes in a few minutes on an H100/H200.
 
 Model: a randomly initialised Gemma-2B-sized decoder (``GemmaConfig``: hidden 2048, 18 layers,
 8 heads, 1 KV head, head_dim 256, MLP 16384, vocab 256000; config only, no weights), base model
@@ -25,16 +28,14 @@ A configuration is ``layout[@pack_len]:attention[:compile]``:
   ``pack_len`` tokens (default ``--pack-len``), positions restarting per text and no attention
   mask, so transformers masks attention per text (block-diagonal causal; flash-attention-2 runs
   variable-length kernels), the EOS state of each text gathered.
-* attention: ``sdpa`` | ``eager`` | ``flash_attention_2`` (needs the flash-attn package) |
+* attention: ``varlen`` (embedft's default for SDPA backbones: text-by-text attention over the
+  packed rows, ``embedft.model.attention``) | ``sdpa`` (SDPA under the block-diagonal mask) |
+  ``eager`` | ``flash_attention_2`` (needs the flash-attn package; variable-length kernels) |
   ``flex_attention``.
 * ``compile``: ``torch.compile`` of the backbone (warm-up steps absorb the compilation).
 
-FLOPs counted (``step_flops``), on real tokens only, for what runs: forward 2 * N_linear * tokens
-(all linear layers of the decoder, no LM head) + attention (QK^T and PV over the causal half:
-2 * 2 * L(L+1)/2 * heads * head_dim per layer and sequence) + LoRA (2 * r * (d_in + d_out) per
-token and adapted projection); backward: the base weights are frozen, so only activation
-gradients, 2 * N_linear * tokens, plus 2x the attention forward and 2x the LoRA forward (input
-and weight gradients). Norms, activations, RoPE, softmax and the loss are not counted (< 1%).
+FLOPs counted: ``experiments/flops.py`` (model FLOPs on real tokens for what runs: no LM head, no
+weight gradients of the frozen base, attention per text).
 MFU = counted FLOPs / step time / the GPU's dense bf16 peak (H100 SXM and H200: 989 TFLOPS;
 H100 PCIe 756, H100 NVL 835, A100 312; ``--peak-tflops`` for others). ``executed_mfu`` counts the
 padded tokens that also run. Gradient checkpointing is off unless ``--gradient-checkpointing``
@@ -53,12 +54,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import flops  # experiments/flops.py
 import torch
 from transformers import AutoModel, GemmaConfig
 
 from embedft.config import LoraConfig, ModelConfig
 from embedft.losses.infonce import InfoNCELoss
-from embedft.model.embedder import Embedder, apply_lora
+from embedft.model.attention import VARLEN
+from embedft.model.embedder import Embedder
+from embedft.model.lora import apply_lora
 from embedft.model.packing import pack_texts
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -98,16 +102,8 @@ def peak_bf16_flops(name: str) -> float | None:
 
 
 def step_flops(cfg: GemmaConfig, lengths: list[int], r: int) -> float:
-    """FLOPs of one training step over sequences of ``lengths`` tokens (see the module docstring)."""
-    h, hd, i = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
-    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
-    n_linear = cfg.num_hidden_layers * (h * q + 2 * h * kv + q * h + 3 * h * i)
-    tokens = sum(lengths)
-    attention = cfg.num_hidden_layers * sum(2 * 2 * n * (n + 1) / 2 * q for n in lengths)
-    lora = cfg.num_hidden_layers * tokens * 2 * r * ((h + q) + (h + kv))  # q_proj, v_proj
-    forward = 2 * n_linear * tokens + attention + lora
-    backward = 2 * n_linear * tokens + 2 * attention + 2 * lora
-    return forward + backward
+    """FLOPs of one training step (``experiments/flops.py``, LoRA on ``LORA_TARGETS``)."""
+    return flops.step_flops(cfg, lengths, r, LORA_TARGETS)
 
 
 def sample_lengths(rng: torch.Generator, batch: int, max_length: int) -> list[int]:
@@ -174,7 +170,7 @@ def run_config(embedder: Embedder, config, spec: str, batches, args) -> dict[str
         raise ValueError(f"--configs {spec!r}: layout must be pad, sorted or pack[@tokens]")
     args = argparse.Namespace(**{**vars(args), "pack_len": int(pack_len or args.pack_len)})
     base = embedder.backbone.get_base_model()
-    base.set_attn_implementation(attn)
+    base.set_attn_implementation(VARLEN if attn == "varlen" else attn)
     try:
         return _timed_steps(embedder, config, layout, "compile" in rest, batches, args) | {
             "config": spec
@@ -259,11 +255,13 @@ def check_packing(embedder: Embedder, batches, args) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", default=None, help="layout:attention[:compile]")
-    parser.add_argument("--batch", type=int, default=60, help="triplets per step (paper: 60)")
+    parser.add_argument(
+        "--batches", type=int, nargs="+", default=[60, 512], help="triplets per step (paper: 60)"
+    )
     parser.add_argument("--max-length", type=int, default=150)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
+    parser.add_argument("--steps", type=int, default=15, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--pack-len", type=int, default=128, help="tokens per packed row")
+    parser.add_argument("--pack-len", type=int, default=4096, help="tokens per packed row")
     parser.add_argument("--sub-batch-rows", type=int, default=64)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=None)
@@ -273,38 +271,38 @@ def main() -> None:
     args = parser.parse_args()
     args.bf16 = args.device.startswith("cuda")
     if args.configs is None:
-        args.configs = ["pack:sdpa", "sorted:sdpa", "pad:sdpa", "pack:sdpa:compile"]
+        args.configs = ["pack:varlen", "pack@128:sdpa", "sorted:sdpa", "pack:varlen:compile"]
         if args.bf16:
-            args.configs += [
-                "pack@512:sdpa",
-                "pack@512:sdpa:compile",
-                "pack@1024:flash_attention_2",
-                "pack@1024:flex_attention:compile",
-            ]
+            args.configs += ["pack:flash_attention_2"]
 
-    rng = torch.Generator().manual_seed(7)
     embedder, config = build(args)
-    vocab = config.vocab_size
-    batches = [
-        [random_ids(rng, n, vocab) for n in sample_lengths(rng, args.batch, args.max_length)]
-        for _ in range(args.warmup + args.steps)
-    ]
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "model": "tiny gemma" if args.tiny else "gemma-2b-sized (random init)",
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "torch": torch.__version__,
-        "packing_max_abs_diff": check_packing(embedder, batches, args),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
         "results": [],
     }
-    for spec in args.configs:
-        try:
-            result = run_config(embedder, config, spec, batches, args)
-        except Exception as err:  # noqa: BLE001  one failing option must not hide the others
-            result = {"config": spec, "error": f"{type(err).__name__}: {str(err)[:300]}"}
-        report["results"].append(result)
-        print(json.dumps(result), flush=True)
+    for size in args.batches:
+        args.batch = size
+        rng = torch.Generator().manual_seed(7)
+        batches = [
+            [
+                random_ids(rng, n, config.vocab_size)
+                for n in sample_lengths(rng, size, args.max_length)
+            ]
+            for _ in range(args.warmup + args.steps)
+        ]
+        report.setdefault("packing_max_abs_diff", check_packing(embedder, batches, args))
+        for spec in args.configs:
+            try:
+                result = run_config(embedder, config, spec, batches, args)
+            except Exception as err:  # noqa: BLE001  one failing option must not hide the others
+                result = {"config": spec, "error": f"{type(err).__name__}: {str(err)[:300]}"}
+            result["batch"] = size
+            report["results"].append(result)
+            print(json.dumps(result), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))
@@ -316,20 +314,20 @@ def markdown(report: dict[str, Any]) -> str:
         "# embedft training step on one GPU: tokens/s and MFU",
         "",
         f"Generated by `experiments/gpu_mfu.py` on {report['device']}: {report['model']}, "
-        f"{'bf16' if s['bf16'] else 'fp32'}, batch {s['batch']} triplets (SNLI-like lengths), "
+        f"{'bf16' if s['bf16'] else 'fp32'}, batches of {s['batches']} triplets (SNLI-like lengths), "
         f"{s['steps']} timed steps after {s['warmup']} warm-up, torch {report['torch']}. "
         f"Packed vs padded embeddings max |diff|: {report['packing_max_abs_diff']:.2e}.",
         "",
-        "| config | tokens/s | step ms | MFU | executed MFU | TFLOPS | real / executed tokens "
-        "| peak GB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| triplets | config | tokens/s | step ms | MFU | executed MFU | TFLOPS "
+        "| real / executed tokens | peak GB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         if "error" in r:
-            lines.append(f"| {r['config']} | failed: {r['error'][:150]} |||||||")
+            lines.append(f"| {r['batch']} | {r['config']} | failed: {r['error'][:150]} |||||||")
             continue
         lines.append(
-            f"| {r['config']} | {r['tokens_per_s']} | {r['step_ms']} | {r['mfu']} | "
+            f"| {r['batch']} | {r['config']} | {r['tokens_per_s']} | {r['step_ms']} | {r['mfu']} | "
             f"{r['executed_mfu']} | {r['achieved_tflops']} | {r['real_tokens_per_step']} / "
             f"{r['executed_tokens_per_step']} | {r['peak_memory_gb']} |"
         )

@@ -60,7 +60,8 @@ def make_tiny_llama(vocab_size: int = 64, seed: int = 0):
 def make_embedder(lora: bool = True, seed: int = 0, dropout: float = 0.0):
     """A tiny Llama embedder (LoRA r=4 on q_proj/v_proj), everything but LoRA frozen."""
     from embedft.config import LoraConfig, ModelConfig
-    from embedft.model.embedder import Embedder, apply_lora
+    from embedft.model.embedder import Embedder
+    from embedft.model.lora import apply_lora
 
     backbone = make_tiny_llama(seed=seed)
     for p in backbone.parameters():
@@ -88,11 +89,16 @@ def lora_grads(module) -> dict[str, torch.Tensor]:
 
 
 def assert_same_grads(a, b) -> None:
-    """Both modules hold gradients for the same parameters, equal within fp32 noise."""
+    """Both modules hold gradients for the same parameters, equal within fp32 noise.
+
+    The absolute tolerance scales with the tensor's largest gradient (tiny random models reach
+    ~40): summing in another order moves every element by ~1e-7 of that, small ones included.
+    """
     g_a, g_b = lora_grads(a), lora_grads(b)
     assert g_a and g_a.keys() == g_b.keys()
     for name in g_a:
-        torch.testing.assert_close(g_b[name], g_a[name], atol=1e-5, rtol=1e-4)
+        scale = max(1.0, float(g_a[name].abs().max()))
+        torch.testing.assert_close(g_b[name], g_a[name], atol=1e-5 * scale, rtol=1e-4)
 
 
 def run_cli(main, *args: str) -> int:

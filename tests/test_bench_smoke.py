@@ -1,7 +1,7 @@
 """The benchmark scripts run (tiny models, no timing assertions) and what they count is exact.
 
-* ``experiments/gpu_mfu.py``: the FLOP count on a hand-sized model; the script runs on CPU in its
-  tiny mode (packed = padded embeddings there too).
+* ``experiments/flops.py``: the FLOP count on a hand-sized model; ``experiments/gpu_mfu.py`` runs
+  on CPU in its tiny mode (packed = padded embeddings there too).
 * ``experiments/bench_train.py`` and ``bench_memory.py`` run end to end on tiny_llama (slow).
 
 That the layouts they measure compute the same embeddings is tests/test_packing.py's job.
@@ -19,6 +19,8 @@ from embedft.paths import repo_root
 
 
 def _load(script: str):
+    if str(repo_root() / "experiments") not in sys.path:  # scripts import their siblings
+        sys.path.insert(0, str(repo_root() / "experiments"))
     path = repo_root() / "experiments" / f"{script}.py"
     spec = importlib.util.spec_from_file_location(script, path)
     module = importlib.util.module_from_spec(spec)
@@ -26,11 +28,11 @@ def _load(script: str):
     return module
 
 
-def test_gpu_mfu_flop_count_by_hand():
+def test_step_flop_count_by_hand():
     # Given a decoder with hidden 4, 1 layer, 2 heads of 2, 1 KV head, MLP 8, LoRA r=1
     from transformers import GemmaConfig
 
-    gpu_mfu = _load("gpu_mfu")
+    flops = _load("flops")
     cfg = GemmaConfig(
         hidden_size=4,
         intermediate_size=8,
@@ -44,7 +46,16 @@ def test_gpu_mfu_flop_count_by_hand():
     # one sequence of 3 tokens: matmuls fwd 2*144*3 = 864, bwd (input grads only) 864;
     # attention fwd 2*2*(3*4/2)*4 = 96, bwd 192; LoRA q (4+4) + v (4+2) = 14 per rank,
     # fwd 2*1*14*3 = 84, bwd 168
-    assert gpu_mfu.step_flops(cfg, [3], r=1) == 864 * 2 + 96 * 3 + 84 * 3
+    assert flops.step_flops(cfg, [3], 1, ["q_proj", "v_proj"]) == 864 * 2 + 96 * 3 + 84 * 3
+    # And two texts of 3 count twice one text of 3 (attention is per text, not per packed row)
+    assert flops.step_flops(cfg, [3, 3], 1, ["q_proj", "v_proj"]) == 2 * (864 * 2 + 96 * 3 + 84 * 3)
+    assert flops.linear_params(cfg) == 144
+
+
+def test_matmul_peak_is_a_positive_rate():
+    import torch
+
+    assert _load("flops").matmul_peak(torch.float32, size=64, repeats=1) > 0
 
 
 def _script(args, timeout=900):
@@ -65,12 +76,13 @@ def _script(args, timeout=900):
 def test_gpu_mfu_runs_tiny_on_cpu(tmp_path):
     out = tmp_path / "gpu_mfu.json"
     _script(
-        ["experiments/gpu_mfu.py", "--tiny", "--device=cpu", "--batch=4", "--steps=1",
-         "--warmup=1", "--configs", "sorted:sdpa", "pack:sdpa", f"--out={out}"]
+        ["experiments/gpu_mfu.py", "--tiny", "--device=cpu", "--batches", "4", "--steps=1",
+         "--warmup=1", "--configs", "sorted:sdpa", "pack@64:sdpa", "pack:varlen", f"--out={out}"]
     )  # fmt: skip
     report = json.loads(out.read_text())
     assert report["packing_max_abs_diff"] < 1e-5
-    assert [r["config"] for r in report["results"]] == ["sorted:sdpa", "pack:sdpa"]
+    configs = [r["config"] for r in report["results"]]
+    assert configs == ["sorted:sdpa", "pack@64:sdpa", "pack:varlen"]
     assert all(r["tokens_per_s"] > 0 and r["mfu"] is None for r in report["results"])
     assert (tmp_path / "gpu_mfu.md").is_file()
 
@@ -113,11 +125,13 @@ def test_bench_memory_runs_tiny(tmp_path):
     out = tmp_path / "bench_memory.json"
     _script(
         ["experiments/bench_memory.py", "--model=tiny_llama", "--batches", "4", "8",
-         "--chunk=4", "--second-chunk=2", "--max-length=32", "--checkpointing-batch=4",
+         "--chunk=64", "--second-chunk=16", "--max-length=32", "--checkpointing-batch=4",
          f"--out={out}"]
     )  # fmt: skip
     report = json.loads(out.read_text())
     kinds = {(r["batch"], r["grad_cache"], r["checkpointing"]) for r in report["runs"]}
-    assert {(4, 0, False), (4, 4, False), (8, 0, False), (8, 4, False), (8, 2, False)} <= kinds
+    assert {(4, 0, False), (4, 64, False), (8, 0, False), (8, 64, False), (8, 16, False)} <= kinds
     assert (4, 0, True) in kinds
     assert all("error" not in r and r["peak_rss_mb"] > 0 for r in report["runs"])
+    ratio = report["grad_cache_peak_ratio"]
+    assert (ratio["small"], ratio["large"]) == (4, 8) and ratio["ratio"] > 0

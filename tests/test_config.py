@@ -49,7 +49,8 @@ def test_defaults_are_the_papers_recipe():
         ("trainer.max_steps=0", "trainer.max_steps must be > 0 or -1"),
         ("embed.pack_len=-1", "embed.pack_len must be >= 0 (0 = off), got -1"),
         ("embed.sub_batch_rows=-1", "embed.sub_batch_rows must be >= 0"),
-        ("embed.grad_cache_chunk_size=-1", "embed.grad_cache_chunk_size must be >= 0"),
+        ("embed.grad_cache_chunk_tokens=-1", "embed.grad_cache_chunk_tokens must be >= 0"),
+        ("+embed.grad_cache_chunk_size=64", "embed.grad_cache_chunk_size became embed.grad_cac"),
         ("+trainer.pack_len=64", "trainer.pack_len moved to embed.pack_len"),
         ("loss.temperature=inf", "loss.temperature must be a finite number, got inf"),
         ("optim.lr=inf", "optim.lr must be a finite number, got inf"),
@@ -111,8 +112,8 @@ def test_trust_remote_code_only_from_the_command_line():
 
 def test_embedding_settings_are_one_group_with_the_defaults_training_used():
     cfg = _cfg()
-    assert (cfg.embed.pack_len, cfg.embed.sub_batch_rows, cfg.embed.grad_cache_chunk_size) == (
-        128,
+    assert (cfg.embed.pack_len, cfg.embed.sub_batch_rows, cfg.embed.grad_cache_chunk_tokens) == (
+        4096,
         64,
         0,
     )
@@ -124,8 +125,9 @@ def test_embedding_settings_are_one_group_with_the_defaults_training_used():
         ("trainer.pack_len=64", "trainer.pack_len moved to embed.pack_len: use embed.pack_len=64"),
         (
             "+loss.grad_cache_chunk_size=8,16",
-            "loss.grad_cache_chunk_size moved to embed.grad_cache_chunk_size: "
-            "use embed.grad_cache_chunk_size=8,16",
+            "loss.grad_cache_chunk_size became embed.grad_cache_chunk_tokens: chunks are sized "
+            "in tokens now, not texts (NLI texts average ~14 tokens: 64 texts ~ "
+            "embed.grad_cache_chunk_tokens=900)",
         ),
     ],
 )
@@ -136,10 +138,10 @@ def test_a_moved_key_on_the_command_line_names_its_new_place(override, message):
 
 
 def test_grad_cache_and_gradient_accumulation_do_not_combine():
-    cfg = _cfg("embed.grad_cache_chunk_size=8", "trainer.accumulate_grad_batches=2")
-    with pytest.raises(ConfigError, match="embed.grad_cache_chunk_size and trainer.accumulate"):
+    cfg = _cfg("embed.grad_cache_chunk_tokens=8", "trainer.accumulate_grad_batches=2")
+    with pytest.raises(ConfigError, match="embed.grad_cache_chunk_tokens and trainer.accumulate"):
         check_run_config(cfg)
-    check_run_config(_cfg("embed.grad_cache_chunk_size=8"))
+    check_run_config(_cfg("embed.grad_cache_chunk_tokens=8"))
 
 
 def test_prompt_is_off_by_default_and_a_quoted_template_composes():

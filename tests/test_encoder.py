@@ -128,8 +128,8 @@ def test_each_unique_text_encoded_once_longest_first_without_padding_columns():
     lengths = [n for call in embedder.calls for n in call["lengths"]]
     assert lengths == [8, 7, 5, 4, 4, 3]
     assert [call["shape"] for call in embedder.calls] == [(4, 8), (2, 4)]
-    # each through embed as one padded forward, whatever the embedder's training layout
-    assert embedder.layouts == [(0, 0), (0, 0)]
+    # each through embed in the embedder's own layout (packed if it packs), never sub-batched
+    assert embedder.layouts == [(None, 0), (None, 0)]
 
 
 def test_encoding_runs_in_eval_and_inference_mode_and_restores_train_mode():
@@ -201,3 +201,19 @@ def test_evaluate_sts_rejects_unknown_task_before_encoding(tmp_path):
     with pytest.raises(ValueError, match="unknown STS task 'STS2'; known tasks: \\['STS12'"):
         evaluate_sts(embedder, ["STS2"], tmp_path)
     assert embedder.calls == []
+
+
+def test_packed_encoding_gives_the_padded_embeddings():
+    from tests.conftest import make_embedder
+
+    # Given a real tiny decoder embedder, which packs, and its twin with packing off
+    packed, padded = make_embedder(seed=2), make_embedder(seed=2)
+    padded.pack_len = 0
+    assert packed.supports_packing and packed.pack_len > 0
+    # When both encode the same sentences (duplicates, very different lengths)
+    texts = SENTENCES + ["a", "a much longer sentence than any of the others in this list"]
+    # Then the embeddings agree to float rounding
+    torch.testing.assert_close(
+        encode_texts(packed, texts, batch_size=3), encode_texts(padded, texts, batch_size=3),
+        atol=1e-5, rtol=1e-4,
+    )  # fmt: skip

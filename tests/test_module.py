@@ -7,6 +7,8 @@ import torch
 
 from embedft.config import OptimConfig
 from embedft.losses.infonce import InfoNCELoss
+from embedft.model.embedder import Embedder
+from embedft.model.packing import token_chunks
 from embedft.module import EmbeddingModule, warmup_cosine
 from tests.conftest import lora_grads, make_embedder, triplet_batch
 
@@ -71,9 +73,10 @@ class _CapturingOptimizer:
 
 
 def test_grad_cache_step_with_sorted_chunks_equals_full_batch():
-    # Given a module doing gradient caching in chunks of 2 texts (rows sorted by length first)
+    # Given a module doing gradient caching in chunks of at most 12 tokens (rows sorted by
+    # length first: the longest texts get chunks of their own)
     plain, cached = make_embedder(seed=5).train(), make_embedder(seed=5).train()
-    module = EmbeddingModule(cached, InfoNCELoss(), OptimConfig(), 10, grad_cache_chunk_size=2)
+    module = EmbeddingModule(cached, InfoNCELoss(), OptimConfig(), 10, grad_cache_chunk_tokens=12)
     opt = _CapturingOptimizer(p for p in cached.parameters() if p.requires_grad)
     strategy = SimpleNamespace(backward=lambda loss, *_: loss.backward())
     module._trainer = SimpleNamespace(world_size=1, gradient_clip_val=None, strategy=strategy)
@@ -81,6 +84,10 @@ def test_grad_cache_step_with_sorted_chunks_equals_full_batch():
     module.lr_schedulers = lambda: SimpleNamespace(step=lambda: None)
     batch = triplet_batch(cached, LONG_AND_SHORT[0], LONG_AND_SHORT[1], LONG_AND_SHORT[2])
     # When it runs one step, and the plain embedder backpropagates the whole batch at once
+    chunk_rows = []
+    cached.embed = lambda ids, mask: (
+        chunk_rows.append(len(ids)) or Embedder.embed(cached, ids, mask)
+    )
     loss = module._grad_cache_step(batch)
     plain_loss = InfoNCELoss()(*plain(batch["input_ids"], batch["attention_mask"]).split(3))
     plain_loss.backward()
@@ -91,3 +98,7 @@ def test_grad_cache_step_with_sorted_chunks_equals_full_batch():
     assert len(names) == len(opt.grads) == len(expected)
     for name, grad in zip(names, opt.grads, strict=True):
         torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-4)
+    # And it ran in several chunks, each cached once and replayed once
+    lengths = sorted(batch["attention_mask"].sum(dim=1).tolist(), reverse=True)
+    assert chunk_rows[: len(chunk_rows) // 2] == token_chunks(torch.tensor(lengths), 12)
+    assert len(chunk_rows) > 2

@@ -12,7 +12,13 @@ import torch
 from embedft.config import LoraConfig, OptimConfig
 from embedft.losses.infonce import InfoNCELoss
 from embedft.model.embedder import Embedder, build_embedder
-from embedft.model.packing import can_pack, embed_in_sub_batches, pack_texts, trim_padding
+from embedft.model.packing import (
+    can_pack,
+    embed_in_sub_batches,
+    pack_texts,
+    token_chunks,
+    trim_padding,
+)
 from embedft.module import EmbeddingModule
 from tests.conftest import assert_same_grads, make_embedder, triplet_batch
 
@@ -48,6 +54,16 @@ def test_trim_padding_cuts_the_columns_no_row_attends():
     cut_ids, cut_mask = trim_padding(ids, mask)
     assert cut_ids.tolist() == [[5, 6, 0], [0, 7, 8]]
     assert cut_mask.tolist() == [[1, 1, 0], [0, 1, 1]]
+
+
+def test_token_chunks_by_hand():
+    # Given rows of 9, 5, 4, 3, 3, 1 tokens (longest first, as gradient caching sorts them)
+    lengths = torch.tensor([9, 5, 4, 3, 3, 1])
+    # When they are cut into chunks of at most 8 tokens; Then consecutive rows fill each chunk
+    # and the row longer than the budget gets one of its own
+    assert token_chunks(lengths, 8) == [1, 1, 2, 2]  # 9 | 5 | 4+3 | 3+1
+    assert token_chunks(lengths, 100) == [6]
+    assert token_chunks(lengths, 1) == [1] * 6
 
 
 def test_only_last_token_pooling_on_a_known_family_can_pack():
@@ -154,4 +170,4 @@ def test_a_call_may_override_the_embedders_layout():
     embedder.embed(batch["input_ids"], batch["attention_mask"], pack_len=0, sub_batch_rows=0)
     # Then that call ran one forward over all rows; the embedder's own settings are unchanged
     assert seen == [(9, padded_width)]
-    assert (embedder.pack_len, embedder.sub_batch_rows) == (128, 64)
+    assert (embedder.pack_len, embedder.sub_batch_rows) == (4096, 64)

@@ -10,8 +10,11 @@ batched loop because
   padding (``embed`` cuts a batch's columns to the tokens it attends);
 * it runs under ``torch.inference_mode`` with the module in eval mode (restored afterwards).
 
-Each batch is one padded forward (``pack_len=0, sub_batch_rows=0``), whatever the embedder's
-training layout, so that scores do not depend on it.
+* each batch goes through ``embed`` with the embedder's own layout, as in training: a decoder's
+  texts packed end to end with no padding and attention text by text
+  (``embedft.model.packing``, ``embedft.model.attention``); other backbones one padded forward cut
+  to the batch's longest text. Packed and padded embeddings agree to float rounding
+  (tests/test_packing.py), so scores do not depend on the layout.
 
 Embeddings come back in the input order, float32 on the CPU. Results equal per-text encoding as
 long as the model is padding-invariant (masked attention + mask-aware pooling and positions, as
@@ -85,7 +88,7 @@ def encode_texts(
         ):
             rows = order[start : start + batch_size]  # (b,)
             ids, mask = input_ids[rows].to(device), attention_mask[rows].to(device)  # (b, T)
-            emb = embedder.embed(ids, mask, pack_len=0, sub_batch_rows=0).float().cpu()  # (b, H)
+            emb = embedder.embed(ids, mask, sub_batch_rows=0).float().cpu()  # (b, H)
             if out is None:
                 out = torch.empty(len(unique), emb.shape[1], dtype=torch.float32)
             out[rows] = emb

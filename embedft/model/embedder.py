@@ -13,14 +13,14 @@ Loading a saved one (checkpoint, export) is ``embedft.model.load``'s job.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedTokenizerBase
 
 from embedft.config import EmbedConfig, LoraConfig, ModelConfig
+from embedft.model.attention import VARLEN, PackedLayout, packed_call
+from embedft.model.lora import apply_lora, lora_compute
 from embedft.model.packing import can_pack, embed_in_sub_batches, pack_texts
 from embedft.model.pooling import pool
 from embedft.model.tokenize import tokenize_with_eos
@@ -98,9 +98,10 @@ class Embedder(nn.Module):
         # Positions count attended tokens only, so a left-padded row sees the same positions as
         # its right-padded twin (decoders otherwise number pad tokens too).
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-        out = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-        )
+        with lora_compute(self.backbone):
+            out = self.backbone(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            )
         hidden = out.last_hidden_state  # (B, T, H)
         return F.normalize(pool(hidden, attention_mask, self.pooling).float(), dim=-1)
 
@@ -118,11 +119,21 @@ class Embedder(nn.Module):
         cache, transformers then lets each token attend to earlier tokens of its own text only.
         ``use_cache=False`` is passed here, not left to the backbone's config: with a cache it
         would attend across texts. ``last_token`` (2, N) holds the row and column of each text's
-        last token (its EOS). See ``embedft.model.packing.pack_texts``.
+        last token (its EOS). See ``embedft.model.packing.pack_texts``. With the ``VARLEN``
+        attention (the default for SDPA backbones, ``embedft.model.attention``) each text's
+        attention runs at its own length instead of under a mask as wide as the row.
         """
-        out = self.backbone(
-            input_ids=input_ids, position_ids=position_ids, attention_mask=None, use_cache=False
-        )
+        extra = {}
+        if getattr(self.backbone.config, "_attn_implementation", None) == VARLEN:
+            extra["packed_layout"] = PackedLayout.from_packing(position_ids, last_token)
+        with lora_compute(self.backbone), packed_call():
+            out = self.backbone(
+                input_ids=input_ids,
+                position_ids=position_ids,
+                attention_mask=None,
+                use_cache=False,
+                **extra,
+            )
         hidden = out.last_hidden_state  # (R, W, H)
         return F.normalize(hidden[last_token[0], last_token[1]].float(), dim=-1)
 
@@ -138,38 +149,6 @@ class Embedder(nn.Module):
             chunks.append(self.embed(ids, mask, pack_len=0, sub_batch_rows=0).cpu())
         self.train(was_training)
         return torch.cat(chunks) if chunks else torch.empty(0)
-
-
-def _lora_targets(model_cfg: ModelConfig, lora_cfg: LoraConfig) -> list[str]:
-    return list(lora_cfg.target_modules or model_cfg.lora_target_modules)
-
-
-def apply_lora(backbone: nn.Module, model_cfg: ModelConfig, lora_cfg: LoraConfig) -> nn.Module:
-    """Wrap ``backbone`` in peft LoRA adapters; only adapter weights stay trainable."""
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
-
-    targets = _lora_targets(model_cfg, lora_cfg)
-    names = {name.rsplit(".", 1)[-1] for name, _ in backbone.named_modules()}
-    missing = [t for t in targets if t not in names]
-    if missing:
-        linear = sorted(
-            {n.rsplit(".", 1)[-1] for n, m in backbone.named_modules() if isinstance(m, nn.Linear)}
-        )
-        raise ValueError(
-            f"lora.target_modules {missing} not found in model {model_cfg.name!r}; "
-            f"its linear layers are {linear}"
-        )
-    init: Any = True if lora_cfg.init == "default" else lora_cfg.init
-    peft_cfg = PeftLoraConfig(
-        r=lora_cfg.r,
-        lora_alpha=lora_cfg.alpha,
-        lora_dropout=lora_cfg.dropout,
-        target_modules=targets,
-        init_lora_weights=init,
-        bias="none",
-    )
-    return get_peft_model(backbone, peft_cfg)
 
 
 def build_embedder(
@@ -200,6 +179,10 @@ def build_embedder(
         trust_remote_code=model_cfg.trust_remote_code,
     )
     backbone.config.use_cache = False
+    if model_cfg.attn_implementation == "sdpa" and can_pack(
+        backbone.config.model_type, model_cfg.pooling
+    ):
+        backbone.set_attn_implementation(VARLEN)  # packed texts attend text by text
     for p in backbone.parameters():
         p.requires_grad_(False)
     if gradient_checkpointing:

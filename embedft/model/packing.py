@@ -80,6 +80,24 @@ def pack_texts(
     return packed, positions, torch.stack([rows, offsets + lengths - 1])
 
 
+def token_chunks(lengths: torch.Tensor, max_tokens: int) -> list[int]:
+    """Rows per chunk for gradient caching: consecutive rows holding at most ``max_tokens``.
+
+    ``lengths`` (N,) are the rows' attended tokens in the order they will be chunked (training
+    sorts them longest first). A row longer than the budget makes a chunk of its own. Sizing chunks
+    in tokens, not rows, keeps each chunk's activations, and so the step's peak memory, the same
+    whatever the batch size and however long its first (longest) texts are.
+    """
+    sizes, used = [], max_tokens + 1  # no open chunk yet
+    for length in lengths.tolist():
+        if used + length > max_tokens:
+            sizes.append(0)
+            used = 0
+        sizes[-1] += 1
+        used += length
+    return sizes
+
+
 def embed_in_sub_batches(
     forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     input_ids: torch.Tensor,
