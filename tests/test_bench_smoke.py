@@ -100,22 +100,25 @@ def test_bench_train_runs_tiny_and_both_frameworks_compute_the_same_loss(tmp_pat
     out = tmp_path / "bench_train.json"
     _script(
         ["experiments/bench_train.py", "--model=tiny_llama", "--batch-size=4", "--max-length=512",
-         "--steps=2", "--warmup=1", "--rounds=1", "--ablations", "sub_batches", "lm_head",
-         f"--out={out}"]
+         "--steps=2", "--warmup=1", "--rounds=1", "--dtypes", "float32", "--ablation-dtype",
+         "float32", "--ablations", "sub_batches", "lm_head", "block_mask_attention",
+         "torch_dropout", f"--out={out}"]
     )  # fmt: skip
     report = json.loads(out.read_text())
     runs = {f"{r['framework']}:{r['variant']}": r for r in report["runs"]}
     assert not [r for r in report["runs"] if "error" in r]
-    ours, st = runs["embedft:default"], runs["sentence-transformers:MNRL"]
+    ours, st = runs["embedft:default"], runs["st:MNRL"]
     # same texts, same tokens, same objective on the same (untrained) embeddings
     assert ours["real_tokens"] == st["real_tokens"] and st["texts_at_max_length"] == 0
     assert ours["loss_at_init"] == pytest.approx(st["loss_at_init"], abs=1e-4)
-    for variant in ("lm_head", "sub_batches"):  # other layouts, the same embeddings
+    for variant in ("lm_head", "sub_batches", "block_mask_attention", "torch_dropout"):
         assert runs[f"embedft:{variant}"]["loss_at_init"] == pytest.approx(
             ours["loss_at_init"], abs=1e-4
         )
     assert ours["packed"] and not runs["embedft:sub_batches"]["packed"]
-    assert report["summary"]["embedft_vs_st"]["triplets_per_s"] > 0
+    summary = report["summary"]["by_dtype"]["float32"]
+    assert summary["triplets_per_s"] > 0 and 0 < summary["embedft_of_peak"]
+    assert report["peaks"]["float32"] > 0 and ours["flops_per_s"] > 0
     assert (tmp_path / "bench_train.md").is_file()
 
 
