@@ -24,6 +24,7 @@ from embedft.config import EmbedConfig, LoraConfig, ModelConfig
 from embedft.model.packing import can_pack, embed_in_sub_batches, pack_texts
 from embedft.model.pooling import pool
 from embedft.model.tokenize import tokenize_with_eos
+from embedft.quiet import third_party_notices_hidden
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -169,7 +170,8 @@ def apply_lora(backbone: nn.Module, model_cfg: ModelConfig, lora_cfg: LoraConfig
         init_lora_weights=init,
         bias="none",
     )
-    return get_peft_model(backbone, peft_cfg)
+    with third_party_notices_hidden():  # peft reads a deprecated transformers property
+        return get_peft_model(backbone, peft_cfg)
 
 
 def build_embedder(
