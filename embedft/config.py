@@ -396,6 +396,10 @@ def check_run_config(cfg: RunConfig, overrides: list[str] | None = None) -> None
             "embed.grad_cache_chunk_tokens and trainer.accumulate_grad_batches > 1 do not combine: "
             "gradient caching already trains the whole batch at once"
         )
+    if cfg.logger.kind == "wandb":
+        from embedft.extras import require  # imports this module
+
+        require("wandb", "logger=wandb", instead="logger=csv")
 
 
 def register_configs() -> None:

@@ -15,6 +15,7 @@ Prints a Markdown table (Spearman x 100 per task and the average) and writes ``r
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from embedft.config import EvaluateConfig, check_trust_remote_code, to_object
 from embedft.eval.sts import load_tasks, score_pairs
+from embedft.extras import launcher_error
 from embedft.paths import conf_dir
 from embedft.results import Results
 
@@ -88,5 +90,13 @@ def main(dcfg: DictConfig) -> float:
     return evaluate(dcfg).sts["average"]
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m embedft.evaluate`` and ``embedft-evaluate``: Hydra's app, after refusing a
+    ``hydra/launcher`` whose extra is missing (Hydra's error would not name it)."""
+    if problem := launcher_error(sys.argv[1:]):
+        sys.exit(problem)
     main()
+
+
+if __name__ == "__main__":
+    cli()

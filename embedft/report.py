@@ -37,6 +37,7 @@ from omegaconf import MISSING, DictConfig
 
 from embedft.cli import log_to_stderr, one_line_errors, tool_config
 from embedft.config import ALL_STS_TASKS, ConfigError
+from embedft.extras import require as require_extra
 from embedft.paths import conf_dir
 from embedft.tracking import name_from_overrides
 
@@ -456,8 +457,9 @@ def plot_dev_curves(jobs: list[Job], path: Path) -> bool:
     return True
 
 
-def build_report(dirs: list[Path], out: Path) -> Path:
-    """Write report.md, report.csv, runs.csv and the plots into ``out``; return report.md."""
+def build_report(dirs: list[Path], out: Path, plots: bool = True) -> Path:
+    """Write report.md, report.csv, runs.csv and (``plots``) the plots into ``out``; return
+    report.md."""
     jobs = load_jobs(dirs)
     if not jobs:
         raise FileNotFoundError(
@@ -486,10 +488,12 @@ def build_report(dirs: list[Path], out: Path) -> Path:
         "in the row. Numbers: report.csv (table), runs.csv (one row per job).",
         "",
     ]
-    if plot_tasks(columns, out / "sts_tasks.png"):
+    if plots and plot_tasks(columns, out / "sts_tasks.png"):
         lines += ["![STS per task](sts_tasks.png)", ""]
     lines += ["## STSB-dev during training", ""]
-    if plot_dev_curves(jobs, out / "stsb_dev.png"):
+    if not plots:
+        lines += ["Not plotted (plots=false); the curves are in each job's results.json.", ""]
+    elif plot_dev_curves(jobs, out / "stsb_dev.png"):
         lines += ["![STSB-dev Spearman against step](stsb_dev.png)", ""]
     else:
         lines += ["No job recorded an STSB-dev curve (eval.every_n_steps=0).", ""]
@@ -509,6 +513,7 @@ class ReportConfig:
 
     dirs: Any = MISSING  # a multirun or run dir, or a list [A,B] (a sweep + its base models)
     out: str | None = None  # where the report goes; null: the first of dirs
+    plots: bool = True  # the two PNG plots (needs the plots extra: matplotlib)
 
     def __post_init__(self) -> None:
         dirs = [self.dirs] if isinstance(self.dirs, str) else self.dirs
@@ -525,10 +530,12 @@ def main(dcfg: DictConfig) -> None:
     log_to_stderr()
     with one_line_errors("embedft.report", FileNotFoundError, ConfigError):
         cfg: ReportConfig = tool_config(dcfg, ReportConfig)
+        if cfg.plots:
+            require_extra("plots", "plots=true", instead="plots=false")
         dirs = [Path(d) for d in cfg.dirs]
-        report = build_report(dirs, Path(cfg.out) if cfg.out else dirs[0])
+        report = build_report(dirs, Path(cfg.out) if cfg.out else dirs[0], cfg.plots)
     print(report.read_text())
-    print(f"written: {report} (+ report.csv, runs.csv, PNG plots)")
+    print(f"written: {report} (+ report.csv, runs.csv{', PNG plots' if cfg.plots else ''})")
 
 
 if __name__ == "__main__":

@@ -29,11 +29,12 @@ from embedft import resume
 from embedft.checkpoint import load_checkpoint
 from embedft.config import RunConfig, check_run_config, moved_key_error, to_object, world_size
 from embedft.data.datamodule import TripletDataModule, check_data
+from embedft.extras import launcher_error
 from embedft.launch import claim_gpus, job_context, on_gpu
 from embedft.losses import build_loss
 from embedft.model.embedder import build_embedder, resolve_dtype
 from embedft.module import EmbeddingModule
-from embedft.paths import data_dir
+from embedft.paths import conf_dir, data_dir
 from embedft.results import Results
 from embedft.tracking import build_logger, finish, log_sts_table, wandb_run_id
 from embedft.trainer import build_callbacks, build_trainer, total_steps
@@ -139,12 +140,18 @@ def fit_and_evaluate(cfg: RunConfig, out: Path, group: str | None, results: Resu
     return None
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="run")
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="run")
 def main(dcfg: DictConfig) -> float | None:
     return train(dcfg).sts.get("average")
 
 
-if __name__ == "__main__":
-    if moved := moved_key_error(sys.argv[1:]):  # Hydra's error would not say where it went
-        sys.exit(moved)
+def cli() -> None:
+    """``python -m embedft.run`` and ``embedft-run``: Hydra's app, after the checks of the command
+    line whose Hydra error would not say what to do (a moved key, a launcher's missing extra)."""
+    if problem := moved_key_error(sys.argv[1:]) or launcher_error(sys.argv[1:]):
+        sys.exit(problem)
     main()
+
+
+if __name__ == "__main__":
+    cli()

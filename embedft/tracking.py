@@ -154,7 +154,7 @@ def build_logger(
 
     mode = wandb_mode(cfg)
     name = cfg.name or name_from_overrides(overrides)
-    return WandbLogger(
+    logger = WandbLogger(
         id=run_id or new_run_id(),
         resume="allow",
         project=cfg.project,
@@ -166,6 +166,10 @@ def build_logger(
         offline=mode == "offline",
         mode=mode,
     )
+    # Lightning 2.6 always hands wandb.init anonymous=None, which wandb 0.31 warns about on every
+    # run ("The anonymous setting has no effect"): leave the key out.
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def new_run_id() -> str:

@@ -21,6 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from embedft.checkpoint import load_checkpoint
 from embedft.config import ConfigError, RunConfig
+from embedft.quiet import third_party_notices_hidden
 from embedft.results import Results
 from embedft.resume import Preempted, ResumeCheckpoint, cluster_plugins
 
@@ -41,7 +42,8 @@ class RunCallbacks:
     ) -> None:
         """``trainer.fit`` from ``resume_from``, checkpoints read as plain data only."""
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+            with third_party_notices_hidden():
+                trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         except SIGTERMException:  # Lightning's own exit after SIGTERM: a SystemExit, code 0
             if self.last.preempted_by is None:
                 raise Preempted("preempted by SIGTERM before a checkpoint was written") from None
@@ -113,24 +115,25 @@ def build_trainer(
 ) -> L.Trainer:
     t = cfg.trainer
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if gpu else "32-true")
-    return L.Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        precision=precision,
-        max_epochs=t.max_epochs,
-        max_steps=t.max_steps,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        # Gradient caching steps the optimizer itself and clips there (EmbeddingModule).
-        gradient_clip_val=None if cfg.embed.grad_cache_chunk_tokens else t.gradient_clip_val,
-        log_every_n_steps=t.log_every_n_steps,
-        deterministic=t.deterministic,
-        enable_progress_bar=t.enable_progress_bar,
-        logger=logger,
-        callbacks=callbacks.as_list(),
-        plugins=cluster_plugins(),
-        default_root_dir=str(out),
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
+    with third_party_notices_hidden():  # Lightning's litlogger advertisement
+        return L.Trainer(
+            accelerator=t.accelerator,
+            devices=t.devices,
+            num_nodes=t.num_nodes,
+            strategy=t.strategy,
+            precision=precision,
+            max_epochs=t.max_epochs,
+            max_steps=t.max_steps,
+            accumulate_grad_batches=t.accumulate_grad_batches,
+            # Gradient caching steps the optimizer itself and clips there (EmbeddingModule).
+            gradient_clip_val=None if cfg.embed.grad_cache_chunk_tokens else t.gradient_clip_val,
+            log_every_n_steps=t.log_every_n_steps,
+            deterministic=t.deterministic,
+            enable_progress_bar=t.enable_progress_bar,
+            logger=logger,
+            callbacks=callbacks.as_list(),
+            plugins=cluster_plugins(),
+            default_root_dir=str(out),
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+        )

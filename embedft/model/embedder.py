@@ -187,10 +187,12 @@ def build_embedder(
         p.requires_grad_(False)
     if gradient_checkpointing:
         # Non-reentrant checkpointing lets gradients reach LoRA weights inside checkpointed
-        # blocks even though the (frozen) inputs do not require grad.
-        backbone.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+        # blocks even though the (frozen) inputs do not require grad. Newer transformers call it
+        # activation checkpointing, and its old name warns on every run.
+        if hasattr(backbone, "activation_checkpointing_enable"):
+            backbone.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            backbone.gradient_checkpointing_enable({"use_reentrant": False})
     if lora_cfg is not None and lora_cfg.enabled:
         backbone = apply_lora(backbone, model_cfg, lora_cfg)
     embedder = Embedder(

