@@ -24,7 +24,11 @@ adapter/). The saved tokenizer appends EOS itself and the pipeline files pin pla
 local path: the adapter's ``base_model_name_or_path`` and the card's ``base_model`` are the base
 model's hub id (``embedft.card_meta.base_model_id``; the model's name when it has none), and a
 local model or tokenizer directory is recorded by its name only.
- An export is written into a temporary sibling directory and
+
+``push_to_hub=<user>/<name>`` then uploads ``DIR`` to that hub repo in one commit
+(``embedft.hub``; the token: ``$HF_TOKEN`` or ``hf auth login``). Offline (``HF_HUB_OFFLINE=1``),
+with no token or a malformed repo id it fails before anything loads; a failed upload leaves the
+local export in place and commits nothing. An export is written into a temporary sibling directory and
 renamed into place: an interrupted export leaves no partial ``DIR``. Errors (a bad checkpoint, an
 ``out`` that would lose data) are one line on stderr and exit code 2.
 """
@@ -52,6 +56,7 @@ from embedft.card_usage import adapter_readme
 from embedft.checkpoint import load_checkpoint
 from embedft.cli import log_to_stderr, one_line_errors, tool_config
 from embedft.config import DTYPES, ConfigError, ModelConfig
+from embedft.hub import HubError, check_can_push, check_repo_id, push_export
 from embedft.model.embedder import resolve_dtype
 from embedft.model.load import (
     ADAPTER_DIR,
@@ -82,10 +87,15 @@ class ExportConfig:
     dtype: str = "auto"  # merged weights: auto (the base model's) | float32 | bfloat16 | float16
     trust_remote_code: bool = False  # true: the base model may run its own code (never from ckpt)
     license: str | None = None  # base model's hub licence id for the card; null: the run's
+    push_to_hub: str | None = None  # <user>/<name>: upload out there (token: $HF_TOKEN)
+    private: bool = False  # push_to_hub: create the repo private (an existing one keeps its own)
+    commit_message: str | None = None  # push_to_hub: null: "embedft export <out's name>"
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.push_to_hub is not None:
+            check_repo_id(self.push_to_hub)
 
 
 ConfigStore.instance().store(name="export_schema", node=ExportConfig)
@@ -100,14 +110,20 @@ def export_checkpoint(
     dtype: str = "auto",
     trust_remote_code: bool = False,
     license: str | None = None,
+    push_to_hub: str | None = None,
+    private: bool = False,
+    commit_message: str | None = None,
 ) -> Path:
     """Write the export of ``ckpt`` into ``out`` (layout: module docstring); returns ``out``.
 
-    ``license`` overrides the base model's licence on the card.
+    ``license`` overrides the base model's licence on the card; ``push_to_hub`` (a repo id)
+    uploads ``out`` afterwards (``embedft.hub.push_export``, with ``private``/``commit_message``).
     """
     ckpt, out = Path(ckpt), Path(out)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    if push_to_hub is not None:
+        check_can_push(push_to_hub)
     saved = load_checkpoint(ckpt)
     check_destination(out, overwrite, ckpt)
     config = saved["embedft_config"]
@@ -121,7 +137,7 @@ def export_checkpoint(
     base = base_model_id(model)
     licence = base_licence(model, license)
     results = _run_results(ckpt)
-    repo_id = out.name  # what the card's usage code loads
+    repo_id = push_to_hub or out.name  # what the card's usage code loads
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -178,6 +194,8 @@ def export_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("exported %s -> %s (merged=%s)", ckpt, out, merge)
+    if push_to_hub is not None:
+        push_export(out, push_to_hub, private=private, commit_message=commit_message)
     return out
 
 
@@ -256,10 +274,7 @@ def _run_results(ckpt: Path) -> dict[str, Any] | None:
 def main(dcfg: DictConfig) -> None:
     log_to_stderr()
     with one_line_errors(
-        "embedft.export",
-        FileExistsError,
-        FileNotFoundError,
-        ValueError,
+        "embedft.export", FileExistsError, FileNotFoundError, ValueError, HubError
     ):
         cfg: ExportConfig = tool_config(dcfg, ExportConfig)
         out = export_checkpoint(
@@ -270,6 +285,9 @@ def main(dcfg: DictConfig) -> None:
             dtype=cfg.dtype,
             trust_remote_code=cfg.trust_remote_code,
             license=cfg.license,
+            push_to_hub=cfg.push_to_hub,
+            private=cfg.private,
+            commit_message=cfg.commit_message,
         )
     print(out)
 

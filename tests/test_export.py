@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from huggingface_hub import constants
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import embedft.hub as hub
 from embedft.config import ModelConfig, to_object
 from embedft.eval.sts import StsPairs, cosine_spearman, score_pairs
 from embedft.export import export_checkpoint, main, portable_model_config
+from embedft.hub import HubError
 from embedft.losses.infonce import InfoNCELoss
 from embedft.model.embedder import build_embedder
 from embedft.model.load import load_embedder, load_embedder_from_checkpoint, load_exported_embedder
@@ -23,6 +26,7 @@ from embedft.model.sources import cache_root
 from embedft.module import EmbeddingModule
 from embedft.paths import conf_dir
 from tests.conftest import run_cli
+from tests.test_hub import RecordingApi
 
 # Byte-level tiny tokenizer: one token per byte, so the last text (> 32 bytes) is truncated.
 TEXTS = [
@@ -315,3 +319,53 @@ def test_a_local_model_directory_is_recorded_by_its_name(run_ckpt, tmp_path):
     )
     portable = portable_model_config(model)
     assert (portable["path"], portable["tokenizer_path"]) == ("my-llama", tmp_path.name)
+
+
+@pytest.fixture
+def recorded_hub(monkeypatch):
+    """The hub reachable with a token; HfApi replaced by tests/test_hub.py's recorder."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "get_token", lambda: "hf_test_token")
+    monkeypatch.setattr(hub, "HfApi", RecordingApi)
+    RecordingApi.calls, RecordingApi.fail_with = [], None
+    return RecordingApi
+
+
+def test_push_to_hub_uploads_the_export_with_a_card_naming_the_repo(
+    run_ckpt, tmp_path, recorded_hub
+):
+    # When an export is pushed
+    out = export_checkpoint(run_ckpt, tmp_path / "pushed", push_to_hub="me/tiny-embed")
+    # Then the repo is created and the export folder uploaded, every file of it
+    (_, created), (_, uploaded) = recorded_hub.calls
+    assert created["repo_id"] == uploaded["repo_id"] == "me/tiny-embed"
+    assert Path(uploaded["folder_path"]) == out
+    assert uploaded["files"] == sorted(
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()
+    )
+    assert {"README.md", "model.safetensors", "adapter/README.md"} <= set(uploaded["files"])
+    # And the cards' usage code loads the repo
+    assert 'SentenceTransformer("me/tiny-embed")' in (out / "README.md").read_text()
+    assert "# LoRA adapter of `me/tiny-embed`" in (out / "adapter" / "README.md").read_text()
+
+
+def test_a_failed_push_keeps_the_local_export(run_ckpt, tmp_path, recorded_hub):
+    recorded_hub.fail_with = ConnectionError("Failed to resolve 'huggingface.co'")
+    with pytest.raises(HubError, match="the local export .* is kept"):
+        export_checkpoint(run_ckpt, tmp_path / "kept", push_to_hub="me/tiny-embed")
+    assert (tmp_path / "kept" / "model.safetensors").is_file()
+    assert load_embedder(tmp_path / "kept").encode(TEXTS[:1]).shape == (1, 64)
+
+
+def test_cli_push_to_hub_offline_is_one_line_and_writes_nothing(run_ckpt, tmp_path, capsys):
+    # Given the tests' HF_HUB_OFFLINE=1
+    out = tmp_path / "never"
+    assert run_cli(main, f"ckpt={run_ckpt}", f"out={out}", "push_to_hub=me/tiny-embed") == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "embedft.export: error: push_to_hub=me/tiny-embed: the hub is in offline mode "
+        "(HF_HUB_OFFLINE=1); unset it to push, or leave push_to_hub out to export locally only"
+    ]
+    assert not out.exists()
+    # And a malformed repo id is refused as a config error
+    assert run_cli(main, f"ckpt={run_ckpt}", f"out={out}", "push_to_hub=no-owner") == 2
+    assert "push_to_hub='no-owner' must be <user or org>/<name>" in capsys.readouterr().err
