@@ -85,7 +85,16 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
     max_length: int = 150
-    license: str = ""
+    # The base model's Hugging Face hub id, for an export's card and adapter (base_model):
+    # null: model.path when source=hub, none otherwise (local and tiny models). It also names the
+    # model that license describes: an export drops a license recorded for another model.
+    hub_id: str | None = None
+    license: str = (
+        ""  # the base model's hub licence id (apache-2.0, mit, gemma, other); "": unknown
+    )
+    license_name: str | None = (
+        None  # license=other: the licence's own id, e.g. minicpm-model-license
+    )
     # null: texts as they are. Else a template with {s} where the text goes, e.g. "{s} is: "
     # (paper Table 5) or "query: {s}"; see embedft/model/tokenize.py.
     prompt: str | None = None
@@ -188,6 +197,7 @@ class DataConfig:
     num_workers: int = 0
     length_grouping: int = 0  # >0: sort each window of this many batches by length
     max_bad_fraction: float = 0.01  # rows with a null/empty/non-text cell are dropped; above: error
+    language: str = "en"  # ISO 639-1 code of the texts (an export's model card says it)
 
     def __post_init__(self) -> None:
         _one_of("data.source", self.source, ("hub", "local"))

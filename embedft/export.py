@@ -7,19 +7,28 @@ false: let the base model run its own code; never read from the checkpoint).
 
 Layout of ``out`` (``DIR`` is what ``SentenceTransformer(DIR)`` and ``embedft.model.load`` load)::
 
-    DIR/README.md                   model card (embedft.card): front matter, config, STS results
-    DIR/embedft.json                embedft's metadata (model config, pooling, EOS, max_length)
+    DIR/README.md                   model card (embedft.card): hub metadata, usage, STS results
+    DIR/embedft.json                embedft's metadata (model config, pooling, EOS, max_length,
+                                    base model, licence, framework versions)
     DIR/adapter/                    the LoRA adapter alone, peft format (adapter_config.json +
-                                    adapter_model.safetensors), for ``AutoModel`` of
-                                    ``base_model_name_or_path``
+                                    adapter_model.safetensors + README.md), for ``AutoModel``
+                                    of ``base_model_name_or_path``
     DIR/config.json, model.safetensors, tokenizer*   merged model (LoRA folded into the weights)
     DIR/modules.json, sentence_bert_config.json,     sentence-transformers 6.x pipeline:
         config_sentence_transformers.json,           Transformer -> Pooling -> Normalize
         1_Pooling/config.json, 2_Normalize/config.json
 
-``merge=false`` writes README.md, embedft.json and adapter/ only. The saved tokenizer appends EOS
-itself and the pipeline files pin plain text (``embedft.st_format``), so sentence-transformers
-embeds exactly as embedft does. An export is written into a temporary sibling directory and
+``merge=false`` writes README.md, embedft.json and adapter/ only (the tokenizer then goes into
+adapter/). The saved tokenizer appends EOS itself and the pipeline files pin plain text
+(``embedft.st_format``), so sentence-transformers embeds exactly as embedft does. No file names a
+local path: the adapter's ``base_model_name_or_path`` and the card's ``base_model`` are the base
+model's hub id (``embedft.card_meta.base_model_id``; the model's name when it has none), and a
+local model or tokenizer directory is recorded by its name only.
+
+``push_to_hub=<user>/<name>`` then uploads ``DIR`` to that hub repo in one commit
+(``embedft.hub``; the token: ``$HF_TOKEN`` or ``hf auth login``). Offline (``HF_HUB_OFFLINE=1``),
+with no token or a malformed repo id it fails before anything loads; a failed upload leaves the
+local export in place and commits nothing. An export is written into a temporary sibling directory and
 renamed into place: an interrupted export leaves no partial ``DIR``. Errors (a bad checkpoint, an
 ``out`` that would lose data) are one line on stderr and exit code 2.
 """
@@ -42,9 +51,12 @@ from omegaconf import MISSING, DictConfig
 from transformers import PretrainedConfig
 
 from embedft.card import model_card
+from embedft.card_meta import base_licence, base_model_id, framework_versions
+from embedft.card_usage import adapter_readme
 from embedft.checkpoint import load_checkpoint
 from embedft.cli import log_to_stderr, one_line_errors, tool_config
 from embedft.config import DTYPES, ConfigError, ModelConfig
+from embedft.hub import HubError, check_can_push, check_repo_id, push_export
 from embedft.model.embedder import resolve_dtype
 from embedft.model.load import (
     ADAPTER_DIR,
@@ -74,10 +86,16 @@ class ExportConfig:
     overwrite: bool = False  # true: replace a non-empty out
     dtype: str = "auto"  # merged weights: auto (the base model's) | float32 | bfloat16 | float16
     trust_remote_code: bool = False  # true: the base model may run its own code (never from ckpt)
+    license: str | None = None  # base model's hub licence id for the card; null: the run's
+    push_to_hub: str | None = None  # <user>/<name>: upload out there (token: $HF_TOKEN)
+    private: bool = False  # push_to_hub: create the repo private (an existing one keeps its own)
+    commit_message: str | None = None  # push_to_hub: null: "embedft export <out's name>"
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.push_to_hub is not None:
+            check_repo_id(self.push_to_hub)
 
 
 ConfigStore.instance().store(name="export_schema", node=ExportConfig)
@@ -91,11 +109,21 @@ def export_checkpoint(
     overwrite: bool = False,
     dtype: str = "auto",
     trust_remote_code: bool = False,
+    license: str | None = None,
+    push_to_hub: str | None = None,
+    private: bool = False,
+    commit_message: str | None = None,
 ) -> Path:
-    """Write the export of ``ckpt`` into ``out`` (layout: module docstring); returns ``out``."""
+    """Write the export of ``ckpt`` into ``out`` (layout: module docstring); returns ``out``.
+
+    ``license`` overrides the base model's licence on the card; ``push_to_hub`` (a repo id)
+    uploads ``out`` afterwards (``embedft.hub.push_export``, with ``private``/``commit_message``).
+    """
     ckpt, out = Path(ckpt), Path(out)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    if push_to_hub is not None:
+        check_can_push(push_to_hub)
     saved = load_checkpoint(ckpt)
     check_destination(out, overwrite, ckpt)
     config = saved["embedft_config"]
@@ -105,17 +133,26 @@ def export_checkpoint(
     embedder = load_embedder_from_checkpoint(ckpt, model_override=model_cfg)
     if not hasattr(embedder.backbone, "peft_config"):
         raise ValueError(f"ckpt={ckpt}: the model has no LoRA adapter to export")
-    base = _base_model_id(model_cfg)
+    model = portable_model_config(model_cfg)
+    base = base_model_id(model)
+    licence = base_licence(model, license)
     results = _run_results(ckpt)
+    repo_id = push_to_hub or out.name  # what the card's usage code loads
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         backbone = embedder.backbone
-        backbone.peft_config["default"].base_model_name_or_path = base
         backbone.save_pretrained(str(tmp / ADAPTER_DIR))
+        # peft records the directory the base model was loaded from (and reads its config.json
+        # while saving): the file names the hub id instead
+        _set_adapter_base(tmp / ADAPTER_DIR, base or model_cfg.name)
         weights_dtype = None
-        if merge:
+        model_type = backbone.get_base_model().config.model_type
+        hidden_size = backbone.get_base_model().config.hidden_size
+        if not merge:  # the adapter's users need the tokenizer that appends EOS too
+            save_tokenizer(embedder, tmp / ADAPTER_DIR)
+        else:
             weights_dtype = _export_dtype(dtype, model_cfg)
             merged = backbone.merge_and_unload().to(weights_dtype)
             merged.save_pretrained(str(tmp))
@@ -134,21 +171,53 @@ def export_checkpoint(
             "pooling": embedder.pooling,
             "append_eos": embedder.append_eos,
             "max_length": embedder.max_length,
-            "tokenizer_appends_eos": merge and embedder.append_eos,
+            "tokenizer_appends_eos": embedder.append_eos,
             "base_model": base,
-            "model": asdict(model_cfg),
+            "license": licence.id if licence else None,
+            "license_name": licence.name if licence else None,
+            "model_type": model_type,
+            "embedding_dimension": hidden_size,
+            "model": model,
             "lora": config.get("lora"),
-            "checkpoint": str(ckpt.resolve()),
+            "checkpoint": ckpt.name,  # its name only: the run's directory is this machine's
             "global_step": saved.get("global_step"),
+            "versions": framework_versions(),
         }
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        (tmp / "README.md").write_text(model_card(meta, config, results))
+        (tmp / "README.md").write_text(model_card(meta, config, results, repo_id=repo_id))
+        # peft's save_pretrained writes an empty model-card template there
+        (tmp / ADAPTER_DIR / "README.md").write_text(
+            adapter_readme(repo_id, meta, config.get("lora") or {})
+        )
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("exported %s -> %s (merged=%s)", ckpt, out, merge)
+    if push_to_hub is not None:
+        push_export(out, push_to_hub, private=private, commit_message=commit_message)
     return out
+
+
+def _set_adapter_base(adapter_dir: Path, base: str) -> None:
+    path = adapter_dir / "adapter_config.json"
+    adapter_config = json.loads(path.read_text())
+    adapter_config["base_model_name_or_path"] = base
+    path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
+
+
+def portable_model_config(model_cfg: ModelConfig) -> dict[str, Any]:
+    """``model_cfg`` as ``embedft.json`` records it: a local directory by its name only.
+
+    Such a directory is this machine's; on another, loading the adapter needs the model there.
+    """
+    model = asdict(model_cfg)
+    if model_cfg.source == "local":
+        model["path"] = Path(model_cfg.path).name
+    tokenizer = model_cfg.tokenizer_path
+    if tokenizer and (Path(tokenizer).expanduser().is_absolute() or Path(tokenizer).exists()):
+        model["tokenizer_path"] = Path(tokenizer).name
+    return model
 
 
 def check_destination(out: Path, overwrite: bool, ckpt: Path | None = None) -> None:
@@ -178,15 +247,6 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)  # an empty ``out`` is replaced by the rename itself
 
 
-def _base_model_id(model_cfg: ModelConfig) -> str:
-    """What peft's ``base_model_name_or_path`` names: the hub id, else the resolved local dir."""
-    from embedft.model.sources import resolve_model_dir
-
-    if model_cfg.source == "hub":
-        return model_cfg.path
-    return str(Path(resolve_model_dir(model_cfg)).resolve())
-
-
 def _export_dtype(dtype: str, model_cfg: ModelConfig) -> torch.dtype:
     """``auto``: the dtype the base model's config.json declares (float32 when it names none)."""
     if dtype != "auto":
@@ -213,7 +273,9 @@ def _run_results(ckpt: Path) -> dict[str, Any] | None:
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="export")
 def main(dcfg: DictConfig) -> None:
     log_to_stderr()
-    with one_line_errors("embedft.export", FileExistsError, FileNotFoundError, ValueError):
+    with one_line_errors(
+        "embedft.export", FileExistsError, FileNotFoundError, ValueError, HubError
+    ):
         cfg: ExportConfig = tool_config(dcfg, ExportConfig)
         out = export_checkpoint(
             cfg.ckpt,
@@ -222,6 +284,10 @@ def main(dcfg: DictConfig) -> None:
             overwrite=cfg.overwrite,
             dtype=cfg.dtype,
             trust_remote_code=cfg.trust_remote_code,
+            license=cfg.license,
+            push_to_hub=cfg.push_to_hub,
+            private=cfg.private,
+            commit_message=cfg.commit_message,
         )
     print(out)
 

@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from huggingface_hub import constants
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import embedft.hub as hub
 from embedft.config import ModelConfig, to_object
 from embedft.eval.sts import StsPairs, cosine_spearman, score_pairs
-from embedft.export import export_checkpoint, main
+from embedft.export import export_checkpoint, main, portable_model_config
+from embedft.hub import HubError
 from embedft.losses.infonce import InfoNCELoss
 from embedft.model.embedder import build_embedder
 from embedft.model.load import load_embedder, load_embedder_from_checkpoint, load_exported_embedder
-from embedft.model.sources import resolve_model_dir
+from embedft.model.sources import cache_root
 from embedft.module import EmbeddingModule
 from embedft.paths import conf_dir
 from tests.conftest import run_cli
+from tests.test_hub import RecordingApi
 
 # Byte-level tiny tokenizer: one token per byte, so the last text (> 32 bytes) is truncated.
 TEXTS = [
@@ -169,11 +174,12 @@ def test_embedft_loads_the_merged_export_with_exactly_one_eos(merged_export, ref
 def test_adapter_only_export_loads_on_the_base_model(run_ckpt, reference, tmp_path):
     # Given an export without merging
     out = export_checkpoint(run_ckpt, tmp_path / "adapter_only", merge=False)
-    # Then it holds the peft adapter, pointing at the resolved base model dir, and no model
+    # Then it holds the peft adapter and the EOS-appending tokenizer, and no model; the adapter
+    # names the base model by its name (a tiny model has no hub id), not by this machine's dir
     assert not (out / "config.json").exists() and not (out / "modules.json").exists()
+    assert (out / "adapter" / "tokenizer.json").is_file()
     adapter_cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
-    tiny = ModelConfig(name="tiny_llama", source="tiny", path="llama")
-    assert adapter_cfg["base_model_name_or_path"] == str(Path(resolve_model_dir(tiny)).resolve())
+    assert adapter_cfg["base_model_name_or_path"] == "tiny_llama"
     assert sorted(adapter_cfg["target_modules"]) == ["q_proj", "v_proj"]
     # And base model + adapter (PeftModel.from_pretrained) embed as the checkpoint does
     torch.testing.assert_close(load_embedder(out).encode(TEXTS), reference, atol=1e-6, rtol=1e-5)
@@ -233,7 +239,12 @@ def test_the_export_carries_a_model_card_with_the_runs_results(merged_export):
     front = yaml.safe_load(card.split("---")[1])
     assert front["library_name"] == "sentence-transformers"
     assert "base_model" not in front  # a tiny local model has no hub id
-    assert "| STS12 | 61.23 |" in card and "| **Average** | 65.62 |" in card
+    assert "| STS12 | 61.23 |" in card and "| **Average** | **65.62** |" in card
+    assert [r["dataset"]["type"] for r in front["model-index"][0]["results"]] == [
+        "mteb/sts12-sts",
+        "mteb/sickr-sts",
+    ]
+    assert 'SentenceTransformer("merged")' in card  # no push_to_hub: the directory's name
     assert "r=8, alpha=32, dropout=0.1, init=gaussian, targets=['q_proj', 'v_proj']" in card
     assert "| steps | 3 |" in card
 
@@ -268,3 +279,93 @@ def test_export_dtype_bfloat16_halves_the_weights(run_ckpt, tmp_path):
     assert json.loads((out / "embedft.json").read_text())["dtype"] == "bfloat16"
     emb = load_embedder(out).encode(TEXTS[:2])
     assert np.isfinite(emb.numpy()).all()
+
+
+def _local_paths(tmp_root: Path) -> list[str]:
+    """Every path of this machine an exported file could leak."""
+    return [
+        str(tmp_root),
+        str(tmp_root.resolve()),
+        str(cache_root()),
+        str(cache_root().resolve()),
+        os.path.expanduser("~"),
+        "/root",
+        str(Path.cwd()),
+    ]
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_no_exported_file_names_a_local_path(run_ckpt, tmp_path, merge):
+    # Given an export of a checkpoint under a temporary directory, with a base model cached here
+    out = export_checkpoint(run_ckpt, tmp_path / "shareable", merge=merge)
+    # When every file is searched, byte by byte, for this machine's paths
+    leaks = {
+        (path.relative_to(out).as_posix(), needle)
+        for path in out.rglob("*")
+        if path.is_file()
+        for needle in _local_paths(run_ckpt.parents[2]) + [str(tmp_path)]
+        if needle.encode() in path.read_bytes()
+    }
+    # Then none is found
+    assert leaks == set()
+    meta = json.loads((out / "embedft.json").read_text())
+    assert meta["checkpoint"] == "last.ckpt" and meta["base_model"] is None
+
+
+def test_a_local_model_directory_is_recorded_by_its_name(run_ckpt, tmp_path):
+    model_dir = tmp_path / "models" / "my-llama"
+    model = ModelConfig(
+        name="mine", source="local", path=str(model_dir), tokenizer_path=str(tmp_path)
+    )
+    portable = portable_model_config(model)
+    assert (portable["path"], portable["tokenizer_path"]) == ("my-llama", tmp_path.name)
+
+
+@pytest.fixture
+def recorded_hub(monkeypatch):
+    """The hub reachable with a token; HfApi replaced by tests/test_hub.py's recorder."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "get_token", lambda: "hf_test_token")
+    monkeypatch.setattr(hub, "HfApi", RecordingApi)
+    RecordingApi.calls, RecordingApi.fail_with = [], None
+    return RecordingApi
+
+
+def test_push_to_hub_uploads_the_export_with_a_card_naming_the_repo(
+    run_ckpt, tmp_path, recorded_hub
+):
+    # When an export is pushed
+    out = export_checkpoint(run_ckpt, tmp_path / "pushed", push_to_hub="me/tiny-embed")
+    # Then the repo is created and the export folder uploaded, every file of it
+    (_, created), (_, uploaded) = recorded_hub.calls
+    assert created["repo_id"] == uploaded["repo_id"] == "me/tiny-embed"
+    assert Path(uploaded["folder_path"]) == out
+    assert uploaded["files"] == sorted(
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()
+    )
+    assert {"README.md", "model.safetensors", "adapter/README.md"} <= set(uploaded["files"])
+    # And the cards' usage code loads the repo
+    assert 'SentenceTransformer("me/tiny-embed")' in (out / "README.md").read_text()
+    assert "# LoRA adapter of `me/tiny-embed`" in (out / "adapter" / "README.md").read_text()
+
+
+def test_a_failed_push_keeps_the_local_export(run_ckpt, tmp_path, recorded_hub):
+    recorded_hub.fail_with = ConnectionError("Failed to resolve 'huggingface.co'")
+    with pytest.raises(HubError, match="the local export .* is kept"):
+        export_checkpoint(run_ckpt, tmp_path / "kept", push_to_hub="me/tiny-embed")
+    assert (tmp_path / "kept" / "model.safetensors").is_file()
+    assert load_embedder(tmp_path / "kept").encode(TEXTS[:1]).shape == (1, 64)
+
+
+def test_cli_push_to_hub_offline_is_one_line_and_writes_nothing(run_ckpt, tmp_path, capsys):
+    # Given the tests' HF_HUB_OFFLINE=1
+    out = tmp_path / "never"
+    assert run_cli(main, f"ckpt={run_ckpt}", f"out={out}", "push_to_hub=me/tiny-embed") == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "embedft.export: error: push_to_hub=me/tiny-embed: the hub is in offline mode "
+        "(HF_HUB_OFFLINE=1); unset it to push, or leave push_to_hub out to export locally only"
+    ]
+    assert not out.exists()
+    # And a malformed repo id is refused as a config error
+    assert run_cli(main, f"ckpt={run_ckpt}", f"out={out}", "push_to_hub=no-owner") == 2
+    assert "push_to_hub='no-owner' must be <user or org>/<name>" in capsys.readouterr().err

@@ -194,7 +194,9 @@ def load_exported_embedder(
             dtype=model_cfg.dtype,
             attn_implementation=model_cfg.attn_implementation,
             trust_remote_code=model_cfg.trust_remote_code,
+            hub_id=model_cfg.hub_id,
             license=model_cfg.license,
+            license_name=model_cfg.license_name,
         )
         return build_embedder(merged_cfg, None, device=device)
     from peft import PeftModel
