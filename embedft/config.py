@@ -316,7 +316,7 @@ class EvalConfig:
 
     tasks: list[str] = field(default_factory=lambda: list(ALL_STS_TASKS))
     source: str = "local"  # local | hub (MTEB datasets)
-    batch_size: int = 64
+    batch_size: int = 256
     every_n_steps: int = 100  # STSB-dev validation frequency in optimizer steps; 0: off
     split: str = "test"  # a split every task in eval.tasks has (embedft/eval/tasks.py)
     after_fit: bool = True

@@ -1,14 +1,18 @@
 """Throughput of embedft's STS encoder vs sentence-transformers' ``encode``, same model and texts.
 
-    python experiments/bench_eval.py [--models smollm2 minilm] [--tasks STSBenchmark]
-                                     [--max-pairs 128] [--batch-size 64] [--repeats 3]
+    python experiments/bench_eval.py [--models smollm2 minilm] [--tasks <the 9 STS tasks>]
+                                     [--pairs-per-task 200] [--batch-size 256] [--st-batch-size 64]
+                                     [--dtype float32] [--repeats 3]
 
 For each model both libraries embed the same list: what the STS evaluator encodes for the first
-``--max-pairs`` pairs of ``--tasks`` (their sentence1s and sentence2s, duplicates included, since
-deduplication is part of what embedft's evaluator does). sentence-transformers also runs on the
-deduplicated list, which isolates batching from deduplication. The outputs of the two are
-compared (cosine of every embedding pair); a model whose outputs disagree is flagged as not
-comparable.
+``--pairs-per-task`` pairs of each of ``--tasks`` (their sentence1s and sentence2s, duplicates
+included, since deduplication is part of what embedft's evaluator does). sentence-transformers
+also runs on the deduplicated list, which isolates batching from deduplication. The outputs of the
+two are compared (cosine of every embedding pair, and each task's Spearman score on the sampled
+pairs: they must agree to 1e-4); a model whose outputs disagree is flagged as not comparable.
+embedft encodes as its evaluator does (``encode_texts``: deduplicated, longest first, packed
+for decoders) with ``--batch-size`` texts a forward; sentence-transformers with
+``--st-batch-size`` (its ``encode`` sorts by length too).
 
 sentence-transformers computes what embedft computes:
 * smollm2 (decoder): ``models.Transformer`` on the converted directory embedft loads, with a
@@ -27,6 +31,7 @@ a Markdown table generated from it (``.md``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -39,7 +44,7 @@ from omegaconf import OmegaConf
 
 from embedft.config import ModelConfig, to_object
 from embedft.eval.encoder import encode_texts
-from embedft.eval.sts import load_tasks
+from embedft.eval.sts import cosine_spearman, load_tasks
 from embedft.eval.tasks import STS_TASKS
 from embedft.model.embedder import Embedder, build_embedder
 from embedft.model.sources import resolve_model_dir
@@ -87,8 +92,22 @@ def st_texts(cfg: ModelConfig, embedder: Embedder, texts: list[str]) -> list[str
     return [t + embedder.tokenizer.eos_token for t in texts]
 
 
-def bench_model(name: str, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+def task_scores(emb: torch.Tensor, pairs: dict[str, Any]) -> dict[str, float]:
+    """Spearman x 100 of each task's sampled pairs, from embeddings of ``sample_texts``' list."""
+    scores, start = {}, 0
+    for task, p in pairs.items():
+        n = len(p.sentences1)
+        e = emb.float().numpy()
+        scores[task] = cosine_spearman(e[start : start + n], e[start + n : start + 2 * n], p.scores)
+        start += 2 * n
+    return scores
+
+
+def bench_model(
+    name: str, texts: list[str], pairs: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
     cfg = model_config(name)
+    cfg.dtype = args.dtype
     embedder = build_embedder(cfg, None, device=args.device)
     st_model = sentence_transformer_for(cfg, embedder, args.device)
     st_all = st_texts(cfg, embedder, texts)
@@ -98,7 +117,7 @@ def bench_model(name: str, texts: list[str], args: argparse.Namespace) -> dict[s
         return encode_texts(embedder, batch, args.batch_size)
 
     def run_st(batch: list[str]) -> torch.Tensor:
-        return st_model.encode(batch, batch_size=args.batch_size, convert_to_tensor=True).cpu()
+        return st_model.encode(batch, batch_size=args.st_batch_size, convert_to_tensor=True).cpu()
 
     run_embedft(texts[:8])  # warm-up: first-call allocations and kernel selection
     run_st(st_all[:8])
@@ -128,6 +147,9 @@ def bench_model(name: str, texts: list[str], args: argparse.Namespace) -> dict[s
     cosine = torch.nn.functional.cosine_similarity(
         outputs["embedft"], outputs["st"].float(), dim=-1
     )  # (N,)
+    ours_scores = task_scores(outputs["embedft"], pairs)
+    st_scores = task_scores(outputs["st"], pairs)
+    score_diff = max(abs(ours_scores[t] - st_scores[t]) for t in ours_scores)
     st_s, ours_s, st_u = (min(wall[k]) for k in ("st", "embedft", "st_unique"))
     st_c, ours_c, st_uc = (min(cpu[k]) for k in ("st", "embedft", "st_unique"))
     row: dict[str, Any] = {
@@ -137,6 +159,10 @@ def bench_model(name: str, texts: list[str], args: argparse.Namespace) -> dict[s
         "repeats": repeats,
         "min_cosine": round(cosine.min().item(), 6),
         "mean_cosine": round(cosine.mean().item(), 6),
+        "scores_embedft": {t: round(v, 6) for t, v in ours_scores.items()},
+        "scores_st": {t: round(v, 6) for t, v in st_scores.items()},
+        "max_score_diff": float(f"{score_diff:.3g}"),
+        "scores_agree_1e-4": score_diff <= 1e-4,
         "st_sps": round(len(texts) / st_s, 1),
         "embedft_sps": round(len(texts) / ours_s, 1),
         "ratio_wall": round(st_s / ours_s, 3),
@@ -146,7 +172,7 @@ def bench_model(name: str, texts: list[str], args: argparse.Namespace) -> dict[s
         "wall_s": {k: [round(t, 3) for t in v] for k, v in wall.items()},
         "cpu_s": {k: [round(t, 3) for t in v] for k, v in cpu.items()},
     }
-    if cosine.min().item() < MIN_COSINE:
+    if cosine.min().item() < MIN_COSINE and args.dtype == "float32":
         row["error"] = f"outputs disagree (min cosine {cosine.min().item():.4f})"
     return row
 
@@ -158,13 +184,14 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Generated by `experiments/bench_eval.py` on {env['device']} "
         f"({env['torch_threads']} torch threads, {env['cpu_count']} CPUs), torch {env['torch']}, "
-        f"sentence-transformers {env['sentence_transformers']}. The first {report['max_pairs']} pairs "
-        f"of {', '.join(report['tasks'])};"
-        f" batch size {report['batch_size']}; best of >= {report['repeats']} runs each.",
+        f"sentence-transformers {env['sentence_transformers']}, {report['dtype']}. The first "
+        f"{report['pairs_per_task']} pairs of each of {', '.join(report['tasks'])}; batch size "
+        f"{report['batch_size']} texts (embedft) / {report['st_batch_size']} "
+        f"(sentence-transformers); best of >= {report['repeats']} runs each.",
         "",
-        "| model | sentences (unique) | runs | min cos | ST sent/s | embedft sent/s "
-        "| ratio (wall) | ratio (CPU time) | unique-only ratio (wall) | (CPU time) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | sentences (unique) | runs | min cos | max task score diff | ST sent/s "
+        "| embedft sent/s | ratio (wall) | ratio (CPU time) | unique-only ratio (wall) | (CPU time) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["models"]:
         if "error" in r:
@@ -172,9 +199,9 @@ def markdown(report: dict[str, Any]) -> str:
             continue
         lines.append(
             f"| {r['model']} | {r['n_sentences']} ({r['n_unique']}) | {r['repeats']} | "
-            f"{r['min_cosine']:.5f} | "
-            f"{r['st_sps']} | {r['embedft_sps']} | {r['ratio_wall']:.2f} | "
-            f"**{r['ratio_cpu']:.2f}** | {r['unique_ratio_wall']:.2f} | {r['unique_ratio_cpu']:.2f} |"
+            f"{r['min_cosine']:.5f} | {r['max_score_diff']:.2g} | "
+            f"{r['st_sps']} | {r['embedft_sps']} | **{r['ratio_wall']:.2f}** | "
+            f"{r['ratio_cpu']:.2f} | {r['unique_ratio_wall']:.2f} | {r['unique_ratio_cpu']:.2f} |"
         )
     lines += [
         "",
@@ -195,25 +222,34 @@ def markdown(report: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["smollm2", "minilm"])
-    parser.add_argument("--tasks", nargs="+", default=["STSBenchmark"])
-    parser.add_argument("--max-pairs", type=int, default=128, help="first N pairs of the tasks")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--tasks", nargs="+", default=list(STS_TASKS))
+    parser.add_argument("--pairs-per-task", type=int, default=200, help="first N pairs of each")
+    parser.add_argument("--batch-size", type=int, default=256, help="embedft: texts a forward")
+    parser.add_argument("--st-batch-size", type=int, default=64)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=3, help="at least this many timed runs")
     parser.add_argument("--min-seconds", type=float, default=90.0, help="keep repeating until")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_eval.json")
     args = parser.parse_args()
 
-    pairs = load_tasks(args.tasks)
-    s1 = [s for p in pairs.values() for s in p.sentences1][: args.max_pairs]
-    s2 = [s for p in pairs.values() for s in p.sentences2][: args.max_pairs]
-    texts = s1 + s2  # what the STS evaluator encodes for these pairs
+    n = args.pairs_per_task
+    pairs = {
+        t: dataclasses.replace(
+            p, sentences1=p.sentences1[:n], sentences2=p.sentences2[:n], scores=p.scores[:n]
+        )
+        for t, p in load_tasks(args.tasks).items()
+    }
+    # per task: its sentence1s then its sentence2s, as the evaluator encodes them
+    texts = [s for p in pairs.values() for s in (*p.sentences1, *p.sentences2)]
     import sentence_transformers
 
     report: dict[str, Any] = {
         "tasks": args.tasks,
-        "max_pairs": args.max_pairs,
+        "pairs_per_task": args.pairs_per_task,
         "batch_size": args.batch_size,
+        "st_batch_size": args.st_batch_size,
+        "dtype": args.dtype,
         "repeats": args.repeats,
         "environment": {
             "device": args.device if args.device != "cuda" else torch.cuda.get_device_name(),
@@ -231,7 +267,7 @@ def main() -> None:
     suite_texts = [s for p in suite.values() for s in (*p.sentences1, *p.sentences2)]
     report["suite"] = {"sentences": len(suite_texts), "unique": len(set(suite_texts))}
     for name in args.models:
-        row = bench_model(name, texts, args)
+        row = bench_model(name, texts, pairs, args)
         report["models"].append(row)
         print(json.dumps(row))
     args.out.parent.mkdir(parents=True, exist_ok=True)
