@@ -54,6 +54,7 @@ def _has_flash_attn() -> bool:
 
 
 ALL_STS_TASKS = tuple(STS_TASKS)  # every row of the task table, in its (report) order
+EVAL_BACKENDS = ("embedft", "mteb")  # eval.backend: who encodes-and-scores (embedft.evaluate)
 
 
 def split_prompt(prompt: str | None) -> tuple[str, str]:
@@ -320,6 +321,7 @@ class EvalConfig:
     every_n_steps: int = 100  # STSB-dev validation frequency in optimizer steps; 0: off
     split: str = "test"  # a split every task in eval.tasks has (embedft/eval/tasks.py)
     after_fit: bool = True
+    backend: str = "embedft"  # embedft | mteb: the mteb package's tasks and evaluator (evaluate)
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in STS_TASKS]
@@ -331,6 +333,11 @@ class EvalConfig:
             f"only {[t for t in STS_TASKS if self.split in STS_TASKS[t].splits]} have it",
         )
         _one_of("eval.source", self.source, ("local", "hub"))
+        _one_of("eval.backend", self.backend, EVAL_BACKENDS)
+        _check(
+            self.backend != "mteb" or self.split == "test",
+            f"eval.backend=mteb scores MTEB's evaluation split, test; got eval.split={self.split!r}",
+        )
         _check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
         _check(
             self.every_n_steps >= 0, f"eval.every_n_steps must be >= 0, got {self.every_n_steps}"
@@ -358,16 +365,24 @@ class RunConfig:
 
 @dataclass
 class EvaluateConfig:
-    """python -m embedft.evaluate model=NAME [ckpt=PATH] [eval.tasks=[STSBenchmark,SICK-R]]
+    """python -m embedft.evaluate model=NAME [ckpt=PATH | st_model=DIR_OR_HUB_ID] [eval.backend=mteb]
 
-    The 9 STS tasks (Spearman x 100) of a base model, a training checkpoint or an export.
+    The 9 STS tasks (Spearman x 100) of a base model, a training checkpoint, an export or any
+    sentence-transformers model; results.json plus MTEB-format result files.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     ckpt: str | None = None  # a training checkpoint or an export dir; null: model= as it is
+    st_model: str | None = None  # instead: a sentence-transformers model dir or hub id
     device: str = "auto"  # auto: cuda if available, else cpu
+
+    def __post_init__(self) -> None:
+        _check(
+            not (self.ckpt and self.st_model),
+            f"give ckpt= or st_model=, not both (ckpt={self.ckpt}, st_model={self.st_model})",
+        )
 
 
 def world_size(trainer: TrainerConfig) -> int:
@@ -396,6 +411,11 @@ def check_run_config(cfg: RunConfig, overrides: list[str] | None = None) -> None
             "0 whatever the model does; use data.batch_size >= 2 or loss.hard_neg=true"
         )
     check_trust_remote_code(cfg.model, overrides)
+    if cfg.eval.backend != "embedft":
+        raise ConfigError(
+            f"eval.backend={cfg.eval.backend} is for python -m embedft.evaluate; training scores "
+            "with embedft's evaluator (the two agree: tests/test_mteb_backend.py)"
+        )
     if cfg.loss.hard_neg and not cfg.data.negative_column:
         raise ConfigError(
             "loss.hard_neg=true needs hard negatives but data.negative_column is null; "

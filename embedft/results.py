@@ -36,6 +36,7 @@ class Results:
     train: dict[str, Any] | None = None  # steps, losses, wall time, resumed_from
     data: dict[str, Any] | None = None  # rows used/dropped (embedft.data.datamodule.DataReport)
     checkpoint: str | None = None
+    mteb_results: str | None = None  # evaluate: folder of its MTEB-format files
     error: str | None = None
     timing: dict[str, Any] = field(default_factory=dict)
     attempts: list[dict[str, Any]] = field(default_factory=list)

@@ -155,3 +155,27 @@ def test_a_prompt_suffix_needs_the_appended_eos():
     # Given MiniLM (append_eos=false), a template with text after {s} has nowhere to go
     with pytest.raises(ConfigError, match="model.prompt '{s} is: ' has text after"):
         _cfg("model=minilm", 'model.prompt="{s} is: "')
+
+
+def test_eval_backend_is_embedft_or_mteb_and_mteb_scores_the_test_split():
+    # Given / When / Then: an unknown backend, and mteb on a split MTEB does not evaluate
+    with pytest.raises(ConfigError, match=r"eval.backend must be one of \['embedft', 'mteb'\]"):
+        _cfg("eval.backend=sklearn")
+    with pytest.raises(ConfigError, match="eval.backend=mteb scores MTEB's evaluation split"):
+        _cfg("eval.backend=mteb", "eval.split=dev", "eval.tasks=[STSBenchmark]")
+
+
+def test_training_scores_with_embedft_and_says_so_for_eval_backend_mteb():
+    cfg = _cfg("eval.backend=mteb")
+    with pytest.raises(ConfigError, match="eval.backend=mteb is for python -m embedft.evaluate"):
+        check_run_config(cfg)
+
+
+def test_evaluate_takes_ckpt_or_st_model_not_both():
+    from embedft.config import EvaluateConfig
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        dcfg = compose("evaluate", ["ckpt=best.ckpt", "st_model=org/model"])
+    dcfg.paths.output_dir = "/tmp/unused"
+    with pytest.raises(ConfigError, match="give ckpt= or st_model=, not both"):
+        to_object(dcfg, EvaluateConfig)

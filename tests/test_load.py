@@ -5,6 +5,7 @@ files never switch on remote code (tests/test_checkpoint.py)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from embedft.model.load import (
     METADATA_FILE,
     load_embedder,
     load_embedder_from_checkpoint,
+    load_sentence_transformer,
     read_metadata,
     resolve_device,
     saved_model_name,
@@ -125,3 +127,41 @@ def test_an_export_loads_its_adapter_on_request(ckpt, tmp_path, monkeypatch):
     load_embedder(merged)
     load_embedder(merged, use_adapter=True)
     assert built == ["local", "tiny"]  # the merged dir, then the base model
+
+
+def test_a_sentence_transformers_dir_given_as_ckpt_is_pointed_at_st_model(tmp_path):
+    (tmp_path / "modules.json").write_text("[]")
+    with pytest.raises(CheckpointError, match=f"score it with st_model={tmp_path}\\)$"):
+        load_embedder(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("someone/no-such-model", "the hub is off \\(HF_HUB_OFFLINE=1\\) and it is not in the"),
+        ("./models/absent", "no such directory \\(and not a hub id"),
+        ("{file}", "a file; expected a model directory"),
+    ],
+    ids=["offline-hub-id", "missing-dir", "a-file"],
+)
+def test_a_sentence_transformers_model_that_cannot_load_is_one_line(
+    tmp_path, monkeypatch, given, message
+):
+    # Given the hub off (as in every test) and a name that is not a loadable local model
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    a_file = tmp_path / "model.bin"
+    a_file.write_bytes(b"")
+    given = given.format(file=a_file)
+    # When loaded / Then the error names st_model= and why
+    with pytest.raises(CheckpointError, match=f"^st_model={re.escape(given)}: .*{message}"):
+        load_sentence_transformer(given)
+
+
+def test_a_sentence_transformers_directory_loads_as_sentence_transformers_does(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    # Given an ST directory (an export is one) / When loaded / Then it is that model, on the CPU
+    directory = export_checkpoint(make_run(tmp_path / "run"), tmp_path / "export")
+    model = load_sentence_transformer(str(directory), "cpu")
+    assert isinstance(model, SentenceTransformer) and model.device.type == "cpu"
+    assert model.max_seq_length == 32  # the export's, read from its own files

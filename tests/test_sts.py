@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from embedft.eval.sts import (
+    STS_METRICS,
     StsDataError,
     cosine_spearman,
     evaluate_sts,
@@ -18,6 +19,8 @@ from embedft.eval.sts import (
     load_task_from_hub,
     load_tasks,
     paired_cosine_similarity,
+    spearman_table,
+    sts_metrics,
 )
 from embedft.eval.tasks import STS_TASKS
 
@@ -253,6 +256,56 @@ def test_paired_cosine_matches_sklearn():
     a[3] = 0.0  # sklearn maps a zero vector to cosine 0
     expected = 1 - pairwise.paired_cosine_distances(a, b)
     np.testing.assert_allclose(paired_cosine_similarity(a, b), expected, rtol=0, atol=1e-6)
+
+
+def test_sts_metrics_are_mteb_scores_as_fractions_hand_computed():
+    # Given the 4 pairs above: cosines (1, 0.707, 0, -1)
+    e1 = np.array([[1.0, 0.0]] * 4)
+    e2 = np.array([[3.0, 0.0], [2.0, 2.0], [0.0, 1.0], [-1.0, 0.0]])
+    gold = [4.0, 3.0, 1.0, 2.0]
+    # When MTEB's metric set is computed
+    m = sts_metrics(e1, e2, gold)
+    # Then it is keyed as MTEB's files are, main score = cosine Spearman as a fraction (0.8)
+    assert list(m) == list(STS_METRICS)
+    assert m["main_score"] == m["cosine_spearman"] == m["spearman"] == pytest.approx(0.8)
+    assert m["pearson"] == m["cosine_pearson"]
+    # Manhattan distances (2, 3, 2, 2): their negatives rank (3, 1, 3, 3); Euclidean
+    # (2, 2.236, 1.414, 2): ranks (2.5, 1, 4, 2.5); Spearman = Pearson of ranks, gold's (4, 3, 1, 2)
+    assert m["manhattan_spearman"] == pytest.approx(_pearson([3, 1, 3, 3], [4, 3, 1, 2]))
+    assert m["euclidean_spearman"] == pytest.approx(_pearson([2.5, 1, 4, 2.5], [4, 3, 1, 2]))
+
+
+def _pearson(x, y) -> float:
+    x, y = np.asarray(x, float) - np.mean(x), np.asarray(y, float) - np.mean(y)
+    return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum()))
+
+
+def test_sts_metrics_follow_mteb_arithmetic_on_random_embeddings():
+    # Given random embeddings and tied integer gold, as STS has
+    pairwise = pytest.importorskip("sklearn.metrics.pairwise")
+    from scipy.stats import pearsonr, spearmanr
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(2, 200, 16)).astype(np.float32)
+    gold = rng.integers(0, 6, size=200).astype(float)
+    # When scored / Then each metric is MTEB's AnySTSEvaluator + AbsTaskSTS arithmetic: sklearn's
+    # paired distances against gold rescaled to [0, 1]
+    normalized = gold / 5.0
+    expected = {
+        "cosine": 1 - pairwise.paired_cosine_distances(a, b),
+        "manhattan": -pairwise.paired_manhattan_distances(a, b),
+        "euclidean": -pairwise.paired_euclidean_distances(a, b),
+    }
+    m = sts_metrics(a, b, gold)
+    for name, predicted in expected.items():
+        assert m[f"{name}_pearson"] == pytest.approx(pearsonr(normalized, predicted)[0], abs=1e-6)
+        assert m[f"{name}_spearman"] == pytest.approx(spearmanr(normalized, predicted)[0], abs=1e-6)
+    # and embedft's table is its cosine Spearman x 100
+    assert spearman_table({"T": m}) == {
+        "T": m["cosine_spearman"] * 100,
+        "average": m["cosine_spearman"] * 100,
+    }
+    assert m["cosine_spearman"] * 100 == cosine_spearman(a, b, gold)
 
 
 class _FixedVectorModel:

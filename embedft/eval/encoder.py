@@ -16,6 +16,11 @@ batched loop because
   to the batch's longest text. Packed and padded embeddings agree to float rounding
   (tests/test_packing.py), so scores do not depend on the layout.
 
+A model that is not an embedft ``Embedder`` (a sentence-transformers model, loaded by
+``embedft.model.load.load_sentence_transformer``) is encoded with its own ``encode`` (its
+tokenizer, pooling and prompts, as MTEB would run it), L2-normalised, ``batch_size`` texts a
+batch, each distinct text once.
+
 Embeddings come back in the input order, float32 on the CPU. Results equal per-text encoding as
 long as the model is padding-invariant (masked attention + mask-aware pooling and positions, as
 ``embedft.model.embedder.Embedder`` is).
@@ -57,8 +62,22 @@ class EmbedderLike(Protocol):
     def device(self) -> torch.device: ...
 
 
+class SentenceEncoder(Protocol):
+    """The part of ``sentence_transformers.SentenceTransformer`` the evaluator uses."""
+
+    def encode(
+        self,
+        inputs: list[str],
+        *,
+        batch_size: int,
+        show_progress_bar: bool,
+        convert_to_tensor: bool,
+        normalize_embeddings: bool,
+    ) -> torch.Tensor: ...
+
+
 def encode_texts(
-    embedder: EmbedderLike,
+    embedder: EmbedderLike | SentenceEncoder,
     texts: list[str],
     batch_size: int = 64,
     show_progress: bool = False,
@@ -70,6 +89,25 @@ def encode_texts(
     if not texts:
         raise ValueError("encode_texts needs at least one text, got an empty list")
     unique = list(dict.fromkeys(texts))  # first-seen order, each text once
+    if hasattr(embedder, "embed"):
+        out = _encode_unique(embedder, unique, batch_size, show_progress, desc)
+    else:  # a sentence-transformers model: its own encode
+        out = embedder.encode(
+            unique,
+            batch_size=batch_size,
+            show_progress_bar=show_progress,
+            convert_to_tensor=True,
+            normalize_embeddings=True,
+        )
+        out = out.float().cpu()  # (U, H)
+    index = {text: i for i, text in enumerate(unique)}
+    return out[torch.tensor([index[t] for t in texts])]  # (N, H)
+
+
+def _encode_unique(
+    embedder: EmbedderLike, unique: list[str], batch_size: int, show_progress: bool, desc: str
+) -> torch.Tensor:
+    """(U, H) embeddings of distinct texts, batched longest first through ``embedder.embed``."""
     tokens = embedder.tokenize(unique)
     input_ids, attention_mask = tokens["input_ids"], tokens["attention_mask"]  # (U, T)
     lengths = attention_mask.sum(dim=1)  # (U,)
@@ -93,8 +131,7 @@ def encode_texts(
                 out = torch.empty(len(unique), emb.shape[1], dtype=torch.float32)
             out[rows] = emb
     assert out is not None
-    index = {text: i for i, text in enumerate(unique)}
-    return out[torch.tensor([index[t] for t in texts])]  # (N, H)
+    return out
 
 
 @contextlib.contextmanager

@@ -11,9 +11,12 @@ BIOSSES, SICK-R); this module only follows its rows. Each task loads from
 
 Score (``cosine_spearman``): Spearman x 100 between the gold scores and the cosine similarity of
 the two embeddings, computed as MTEB's STS evaluator does (``1 - paired_cosine_distances``, then
-``scipy.stats.spearmanr(gold, cosine)``). MTEB also rescales gold scores to [0, 1]; a monotone
-map leaves Spearman unchanged, so that step is left out. ``evaluate_sts`` runs a list of tasks,
-encoding all their sentences in one deduplicated pass (``embedft.eval.encoder``).
+``scipy.stats.spearmanr(gold, cosine)``). MTEB also rescales gold scores to [0, 1]; an affine
+map leaves Pearson and Spearman unchanged, so that step is left out. ``sts_metrics`` is MTEB's
+whole metric set (Pearson and Spearman of cosine, negative Manhattan and Euclidean distance, as
+fractions) for its result files; ``evaluate_sts`` / ``score_pairs`` give embedft's table
+(cosine Spearman x 100 and the average), encoding all the tasks' sentences in one deduplicated
+pass (``embedft.eval.encoder``) with an embedft ``Embedder`` or a sentence-transformers model.
 
     >>> from embedft.eval.sts import evaluate_sts, load_task
     >>> len(load_task("STSBenchmark"))                                 # doctest: +SKIP
@@ -28,11 +31,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
+from scipy.stats import pearsonr, spearmanr
 
-from embedft.eval.encoder import EmbedderLike, encode_texts
+from embedft.eval.encoder import EmbedderLike, SentenceEncoder, encode_texts
 from embedft.eval.readers import StsDataError as StsDataError  # raised by load_task; re-exported
 from embedft.eval.tasks import HUB_SPLIT_NAMES, get_task
+
+# MTEB's STS scores, in the order of its result files (mteb.abstasks.sts.STSMetrics + main_score)
+STS_METRICS = (
+    "pearson",
+    "spearman",
+    "cosine_pearson",
+    "cosine_spearman",
+    "manhattan_pearson",
+    "manhattan_spearman",
+    "euclidean_pearson",
+    "euclidean_spearman",
+    "main_score",
+)
 
 
 @dataclass(frozen=True)
@@ -110,17 +126,45 @@ def cosine_spearman(
     embeddings1: np.ndarray, embeddings2: np.ndarray, gold: list[float] | np.ndarray
 ) -> float:
     """Spearman x 100 between ``gold`` and the pairwise cosine similarity of the embeddings."""
-    if not len(embeddings1) == len(embeddings2) == len(gold):
-        raise ValueError(
-            f"{len(embeddings1)} embeddings1, {len(embeddings2)} embeddings2 and {len(gold)} "
-            "gold scores; expected equal lengths"
-        )
+    _check_lengths(embeddings1, embeddings2, gold)
     cosine = paired_cosine_similarity(embeddings1, embeddings2)
     return float(spearmanr(np.asarray(gold, dtype=np.float64), cosine).statistic) * 100.0
 
 
+def sts_metrics(
+    embeddings1: np.ndarray, embeddings2: np.ndarray, gold: list[float] | np.ndarray
+) -> dict[str, float]:
+    """MTEB's STS scores of one task, as fractions (0.8123, not 81.23), in MTEB's key order.
+
+    ``pearson``/``spearman`` are of the model's own similarity in MTEB; embedft's is cosine, so
+    they equal ``cosine_pearson``/``cosine_spearman``; ``main_score`` is ``cosine_spearman``.
+    """
+    _check_lengths(embeddings1, embeddings2, gold)
+    a, b = np.asarray(embeddings1), np.asarray(embeddings2)
+    gold = np.asarray(gold, dtype=np.float64)
+    predictions = {
+        "cosine": paired_cosine_similarity(a, b),  # (N,)
+        "manhattan": -np.abs(a - b).sum(axis=1),  # (N,)
+        "euclidean": -np.sqrt(((a - b) ** 2).sum(axis=1)),  # (N,)
+    }
+    scores: dict[str, float] = {}
+    for name, predicted in predictions.items():
+        scores[f"{name}_pearson"] = float(pearsonr(gold, predicted).statistic)
+        scores[f"{name}_spearman"] = float(spearmanr(gold, predicted).statistic)
+    scores["pearson"], scores["spearman"] = scores["cosine_pearson"], scores["cosine_spearman"]
+    scores["main_score"] = scores["cosine_spearman"]
+    return {metric: scores[metric] for metric in STS_METRICS}
+
+
+def spearman_table(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+    """embedft's table from MTEB scores: cosine Spearman x 100 per task, plus ``"average"``."""
+    table = {task: m["cosine_spearman"] * 100.0 for task, m in metrics.items()}
+    table["average"] = sum(table.values()) / len(metrics)
+    return table
+
+
 def evaluate_sts(
-    embedder: EmbedderLike,
+    embedder: EmbedderLike | SentenceEncoder,
     tasks: list[str],
     data_dir: str | Path | None = None,
     batch_size: int = 64,
@@ -140,24 +184,41 @@ def evaluate_sts(
 
 
 def score_pairs(
-    embedder: EmbedderLike,
+    embedder: EmbedderLike | SentenceEncoder,
     pairs: dict[str, StsPairs],
     batch_size: int = 64,
     show_progress: bool = False,
 ) -> dict[str, float]:
     """Score already-loaded tasks (the training callback keeps STSB-dev in memory)."""
+    return spearman_table(pair_metrics(embedder, pairs, batch_size, show_progress))
+
+
+def pair_metrics(
+    embedder: EmbedderLike | SentenceEncoder,
+    pairs: dict[str, StsPairs],
+    batch_size: int = 64,
+    show_progress: bool = False,
+) -> dict[str, dict[str, float]]:
+    """``sts_metrics`` of each task, every task's sentences encoded in one pass."""
     texts = [s for p in pairs.values() for s in (*p.sentences1, *p.sentences2)]
     embeddings = encode_texts(embedder, texts, batch_size, show_progress, desc="STS").numpy()
-    scores: dict[str, float] = {}
+    metrics: dict[str, dict[str, float]] = {}
     offset = 0
     for task, p in pairs.items():
         n = len(p)
         e1 = embeddings[offset : offset + n]  # (n, H)
         e2 = embeddings[offset + n : offset + 2 * n]  # (n, H)
         offset += 2 * n
-        scores[task] = cosine_spearman(e1, e2, p.scores)
-    scores["average"] = sum(scores.values()) / len(pairs)
-    return scores
+        metrics[task] = sts_metrics(e1, e2, p.scores)
+    return metrics
+
+
+def _check_lengths(embeddings1: np.ndarray, embeddings2: np.ndarray, gold) -> None:
+    if not len(embeddings1) == len(embeddings2) == len(gold):
+        raise ValueError(
+            f"{len(embeddings1)} embeddings1, {len(embeddings2)} embeddings2 and {len(gold)} "
+            "gold scores; expected equal lengths"
+        )
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:

@@ -2,7 +2,10 @@
 
 Each ``StsTask`` row holds a task's name, the reader of its local files (``embedft.eval.readers``)
 and their paths under ``<data_dir>/sts``, its splits, the hub dataset MTEB scores it on (id,
-subset, revision) and MTEB's test-pair count. Everything else reads this table: the task names
+subset, revision) and MTEB's test-pair count. A row's name is MTEB's task name, its hub revision
+MTEB's ``dataset_revision``, and ``mteb_subset`` / ``languages`` are the ``hf_subset`` and
+``languages`` of its scores in MTEB's result files (``embedft.eval.mteb_results``). Everything
+else reads this table: the task names
 ``eval.tasks`` accepts and their order in reports (``embedft.config.ALL_STS_TASKS``), local and
 hub loading (``embedft.eval.sts``), and the tests' pair counts.
 
@@ -51,6 +54,7 @@ class StsTask:
     hub: HubDataset
     test_pairs: int  # MTEB's (mteb/descriptive_stats/STS/<name>.json); local copies equal it
     splits: tuple[str, ...] = ("test",)
+    languages: tuple[str, ...] = ("eng-Latn",)  # MTEB's for this subset: ISO 639-3 + script
 
     def __post_init__(self) -> None:
         where = f"STS task row {self.name!r} (embedft/eval/tasks.py)"
@@ -68,6 +72,11 @@ class StsTask:
             )
         if self.test_pairs < 1:
             raise ValueError(f"{where}: test_pairs must be >= 1, got {self.test_pairs}")
+
+    @property
+    def mteb_subset(self) -> str:
+        """MTEB's ``hf_subset`` of the scored data: the hub subset, or ``default`` without one."""
+        return self.hub.subset or "default"
 
     def local_paths(self, sts_dir: Path, split: str = "test") -> tuple[Path, ...]:
         """The files of ``split`` under ``sts_dir`` (``<data_dir>/sts``), in the reader's order."""

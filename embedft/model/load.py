@@ -10,6 +10,10 @@
   merged model, or the base model + ``adapter/`` with ``use_adapter=True``
   (``load_exported_embedder``).
 
+Any other sentence-transformers model (a local directory or a hub id) is not an ``Embedder``:
+``load_sentence_transformer`` loads it as sentence-transformers does, to be scored with its own
+``encode`` (``embedft.eval.encoder``).
+
     >>> embedder = load_embedder("outputs/train/<run>/checkpoints/best.ckpt", "auto")
     >>> embedder.encode(["A man is playing a guitar."])
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,7 @@ log = logging.getLogger(__name__)
 EXPORT_FORMAT = 1  # embedft.json's "format": bumped when an export's layout changes
 METADATA_FILE = "embedft.json"
 ADAPTER_DIR = "adapter"
+ST_MODULES_FILE = "modules.json"  # what makes a directory a sentence-transformers model
 
 
 def resolve_device(name: str | torch.device) -> str | torch.device:
@@ -72,10 +78,56 @@ def load_embedder(
             path, device, use_adapter, trust_remote_code=trust_remote_code
         )
     problem = f"a directory without {METADATA_FILE}" if path.is_dir() else "not found"
+    hint = ""
+    if (path / ST_MODULES_FILE).is_file():
+        hint = f" (it is a sentence-transformers model: score it with st_model={path})"
     raise CheckpointError(
         f"ckpt={path}: {problem}; expected a .ckpt file written by python -m embedft.run or a "
-        "directory written by python -m embedft.export"
+        f"directory written by python -m embedft.export{hint}"
     )
+
+
+def load_sentence_transformer(
+    name_or_dir: str, device: str | torch.device = "cpu", *, trust_remote_code: bool = False
+) -> Any:
+    """``sentence_transformers.SentenceTransformer(name_or_dir)``: a local directory or a hub id.
+
+    Errors are one line naming ``st_model=``: sentence-transformers not installed, a path that is
+    not a directory, a hub id that cannot be fetched (the hub offline, or no such model).
+    """
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise CheckpointError(
+            f"st_model={name_or_dir}: needs sentence-transformers (pip install "
+            "'sentence-transformers>=6.2,<7')"
+        ) from None
+    path = Path(name_or_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"st_model={name_or_dir}: a file; expected a model directory")
+    local = path.is_dir()
+    if not local and (name_or_dir.startswith((".", "/", "~")) or name_or_dir.count("/") > 1):
+        raise CheckpointError(
+            f"st_model={name_or_dir}: no such directory (and not a hub id, which is NAME or "
+            "ORG/NAME)"
+        )
+    try:
+        return SentenceTransformer(
+            str(path) if local else name_or_dir,
+            device=str(resolve_device(device)),
+            trust_remote_code=trust_remote_code,
+        )
+    except OSError as err:
+        if local:
+            raise CheckpointError(f"st_model={name_or_dir}: not loadable ({err})") from None
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        why = (
+            "the hub is off (HF_HUB_OFFLINE=1) and it is not in the local cache" if offline else err
+        )
+        raise CheckpointError(
+            f"st_model={name_or_dir}: no such local directory, and the hub model could not be "
+            f"loaded: {why}"
+        ) from None
 
 
 def saved_model_name(source: str | Path) -> str | None:
