@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 # Tests and local runs never touch the network (no HF hub, W&B offline files at most).
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
 
-.PHONY: help install test test-full lint format data models quickstart offline-paper bench bench-eval faults clean
+.PHONY: help install test test-full lint format data models quickstart offline-paper offline-best profile bench bench-eval faults clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -45,6 +45,12 @@ quickstart: ## fine-tune SmolLM2 offline for a few minutes; STSBenchmark before/
 
 offline-paper: ## the offline reproduction (base vs fine-tuned, hard-neg ablation, 9 tasks) -> experiments/results/offline_paper
 	PY=$(PY) bash experiments/offline_paper.sh
+
+offline-best: ## the best offline recipe: STSB-dev search, 3 seeds x hard negatives on/off, report -> experiments/results/offline_best (resumable)
+	$(OFFLINE) $(PY) experiments/offline_best.py all
+
+profile: ## where a bf16 training step's time goes (torch.profiler, before/after) -> experiments/results/profile_step.*
+	$(OFFLINE) $(PY) experiments/profile_step.py
 
 bench: ## training throughput/memory vs sentence-transformers + memory at large batches -> experiments/results/
 	$(OFFLINE) $(PY) experiments/bench_train.py
