@@ -38,7 +38,7 @@ data: ## build the offline NLI triplets -> data/nli_triplets.csv (+ manifest)
 	$(PY) -m embedft.prepare_nli
 
 models: ## convert the offline GGUF models once into the safetensors cache (~25 s + ~60 s)
-	$(OFFLINE) $(PY) -m embedft.model.sources smollm2 gemma3_270m minilm
+	$(OFFLINE) $(PY) -m embedft.model.sources models=[smollm2,gemma3_270m,minilm]
 
 quickstart: ## fine-tune SmolLM2 offline for a few minutes; STSBenchmark before/after -> experiments/results/quickstart.json
 	$(OFFLINE) $(PY) experiments/quickstart.py
