@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 
+import cloudpickle
 import pytest
 import submitit
 
@@ -122,6 +123,8 @@ def sbatch(monkeypatch):
 
     def map_array(self, fn, *iterables):
         scripts.append(self._executor._make_submission_file_text("<command>", "0"))
+        # What submitit sends each node: the launcher itself, pickled, must load back there
+        assert type(cloudpickle.loads(cloudpickle.dumps(fn))).__name__ == "CheckedSlurmLauncher"
         raise _Submitted(f"{len(list(zip(*iterables, strict=True)))} job(s)")
 
     monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))  # "srun"
