@@ -27,18 +27,18 @@ test-full: ## every test, including the slow ones that load real offline models
 	$(OFFLINE) $(PY) -m pytest -q -m ""
 
 lint: ## ruff check + format check
-	$(PY) -m ruff check embedft tests experiments
-	$(PY) -m ruff format --check embedft tests experiments
+	$(PY) -m ruff check embedft hydra_plugins tests experiments
+	$(PY) -m ruff format --check embedft hydra_plugins tests experiments
 
 format: ## apply ruff's fixes and formatting
-	$(PY) -m ruff check --fix embedft tests experiments
-	$(PY) -m ruff format embedft tests experiments
+	$(PY) -m ruff check --fix embedft hydra_plugins tests experiments
+	$(PY) -m ruff format embedft hydra_plugins tests experiments
 
 data: ## build the offline NLI triplets -> data/nli_triplets.csv (+ manifest)
 	$(PY) -m embedft.prepare_nli
 
 models: ## convert the offline GGUF models once into the safetensors cache (~25 s + ~60 s)
-	$(OFFLINE) $(PY) -m embedft.model.sources smollm2 gemma3_270m minilm
+	$(OFFLINE) $(PY) -m embedft.model.sources models=[smollm2,gemma3_270m,minilm]
 
 quickstart: ## fine-tune SmolLM2 offline for a few minutes; STSBenchmark before/after -> experiments/results/quickstart.json
 	$(OFFLINE) $(PY) experiments/quickstart.py

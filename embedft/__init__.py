@@ -2,7 +2,7 @@
 
 Entry points are modules run with ``python -m``: ``embedft.run`` (train), ``embedft.evaluate``
 (9 STS tasks), ``embedft.prepare_nli`` (NLI -> triplets), ``embedft.report`` (sweep tables),
-``embedft.export`` and ``embedft.encode``.
+``embedft.export``, ``embedft.encode`` and ``embedft.model.sources`` (build the offline models).
 
 Importing the package registers the native MiniCPM-1/2 classes (``model_type="minicpm"``) with
 transformers' Auto classes, so that after ``import embedft`` a MiniCPM checkpoint or an embedft

@@ -1,18 +1,20 @@
 """One command-line style for every entry point: Hydra ``key=value`` overrides on a typed schema.
 
-Each ``python -m embedft.<tool>`` (run, evaluate, export, encode, report, prepare_nli) is a
-``@hydra.main`` app whose root config ``conf/<tool>.yaml`` starts from the tool's dataclass
-schema, so a misspelt key or a wrongly typed value is refused while composing, before anything
-loads. ``@hydra.main`` finds ``conf/`` by absolute path (``embedft.paths.conf_dir``), so that
-``main()`` also runs when its module is imported rather than run (tests call it in-process). Values follow Hydra's override grammar: one holding ``=``, ``,``, a space, a non-ASCII
-character or ``$`` is quoted, e.g. ``'ckpt="multirun/x/0_model=gemma/checkpoints/best.ckpt"'``.
+Each ``python -m embedft.<tool>`` (run, evaluate, export, encode, report, prepare_nli,
+model.sources) is a ``@hydra.main`` app whose root config ``conf/<tool>.yaml`` (model.sources:
+``conf/sources.yaml``) starts from the tool's dataclass schema, so a misspelt key or a wrongly
+typed value is refused while composing, before anything loads. ``@hydra.main`` finds ``conf/``
+by absolute path (``embedft.paths.conf_dir``), so that ``main()`` also runs when its module is
+imported rather than run (tests call it in-process). Values follow Hydra's override grammar: one
+holding ``=``, ``,``, a space, a non-ASCII character or ``$`` is quoted, e.g.
+``'ckpt="multirun/x/0_model=gemma/checkpoints/best.ckpt"'``.
 
 - ``--help`` prints that tool's keys only: ``help_text`` (the help template of every root config,
   ``conf/hydra/help/embedft.yaml``) lists each key of the composed config with its value and the
   comment on its schema field, then the config groups this tool composes.
-- Tools that write where they are told (export, encode, report, prepare_nli) run in the current
-  directory with no ``.hydra/`` copy and no log file (their root configs say so) and log to
-  stderr (``log_to_stderr``), so stdout carries only their output.
+- Tools that write where they are told (export, encode, report, prepare_nli, model.sources)
+  run in the current directory with no ``.hydra/`` copy and no log file (their root configs say
+  so) and log to stderr (``log_to_stderr``), so stdout carries only their output.
 - ``tool_config`` turns the composed config into the schema's object: a required key left out
   (``???``) is one line naming it, value checks are the schema's ``__post_init__``.
 - ``one_line_errors``: an error the tool expects (a missing file, a bad value) ends it with one

@@ -3,21 +3,24 @@
 Each Hydra group under ``conf/`` (model, lora, loss, embed, data, trainer, logger, paths, eval) is
 backed by a dataclass here and registered in Hydra's ConfigStore, so OmegaConf rejects unknown keys and
 wrongly typed values while composing. Value checks live in ``__post_init__`` and run when
-``to_run_config`` turns the composed DictConfig into objects, before any model or data loads.
-Errors name the key, the value and what is allowed: ``loss.temperature must be > 0, got -1``.
+``to_object`` turns the composed DictConfig into objects, before any model or data loads;
+``check_run_config`` holds the rules across groups. Errors name the key, the value and what is
+allowed: ``loss.temperature must be > 0, got -1``. Turning a composed config into these objects
+(unknown and moved keys, ``to_object``, the ``${uid:}`` and ``${embedft_help:}`` resolvers) is
+``embedft.compose``'s job; importing this module registers all of it.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import secrets
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING
 
+# Composition helpers live in embedft.compose; callers keep importing them from here.
+from embedft.compose import MOVED_KEYS, moved_key_error, to_object, unknown_keys  # noqa: F401
 from embedft.eval.tasks import STS_TASKS
 from embedft.losses import DEFAULT_LOSS, loss_names  # names only: imports no loss, nor torch
 
@@ -439,100 +442,4 @@ def register_configs() -> None:
     cs.store(name="evaluate_schema", node=EvaluateConfig)
 
 
-# Keys that moved to another group: the old spelling fails saying where the key went.
-MOVED_KEYS = {
-    "trainer.pack_len": "embed.pack_len",
-    "loss.grad_cache_chunk_size": "embed.grad_cache_chunk_tokens",
-    "embed.grad_cache_chunk_size": "embed.grad_cache_chunk_tokens",
-}
-# New keys whose unit differs from the old one's: the old value is no answer, this note is.
-_NEW_UNIT = {
-    "embed.grad_cache_chunk_tokens": "chunks are sized in tokens now, not texts (NLI texts "
-    "average ~14 tokens: 64 texts ~ embed.grad_cache_chunk_tokens=900)",
-}
-
-
-def _moved(key: str, value: str | None = None) -> str:
-    new = MOVED_KEYS[key]
-    if new in _NEW_UNIT:
-        return f"{key} became {new}: {_NEW_UNIT[new]}"
-    return f"{key} moved to {new}" + (f": use {new}={value}" if value is not None else "")
-
-
-def moved_key_error(overrides: list[str]) -> str | None:
-    """The error for a command-line override of a moved key (naming its new place), or None.
-
-    Checked before Hydra composes: Hydra would only say that the key is not in the schema.
-    """
-    for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        if key in MOVED_KEYS:
-            return _moved(key, value)
-    return None
-
-
-def unknown_keys(cfg: DictConfig, schema: type) -> list[str]:
-    """Keys of ``cfg`` that ``schema`` does not define (``+typo.key=1`` passes Hydra's check)."""
-    unknown: list[str] = []
-
-    def walk(node: DictConfig, cls: type, prefix: str) -> None:
-        known = {f.name: f for f in fields(cls)}
-        for key in node.keys():
-            if key == "hydra" and not prefix:
-                continue
-            if key not in known:
-                unknown.append(f"{prefix}{key}")
-                continue
-            make = known[key].default_factory  # nested groups are dataclass default factories
-            child = node._get_node(key)  # unresolved: interpolations may need Hydra
-            if isinstance(child, DictConfig) and callable(make) and is_dataclass(make()):
-                walk(child, type(make()), f"{prefix}{key}.")
-
-    walk(cfg, schema, "")
-    return unknown
-
-
-def to_object(cfg: DictConfig, schema: type | None = None) -> Any:
-    """Resolve and instantiate the dataclasses, running every ``__post_init__`` check.
-
-    With ``schema``, keys it does not define are an error too (not silently ignored).
-    """
-    if schema is not None:
-        extra = unknown_keys(cfg, schema)
-        moved = [_moved(k) for k in extra if k in MOVED_KEYS]
-        if moved:
-            raise ConfigError(f"unknown config key(s) {extra}: {'; '.join(moved)}")
-        if extra:
-            raise ConfigError(
-                f"unknown config key(s) {extra}: not part of {schema.__name__}; "
-                "check the spelling (python -m embedft.run --cfg job lists every key)"
-            )
-    try:
-        return OmegaConf.to_object(cfg)
-    except ConfigError:
-        raise
-    except Exception as err:  # OmegaConf wraps errors raised inside __post_init__
-        cause = err.__cause__ or err.__context__
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        raise ConfigError(str(err)) from err
-
-
-def _process_uid() -> str:
-    """``${uid:}``: this process's short random id, for run dirs (see conf/run.yaml)."""
-    return _UID
-
-
-def _help_text(*, _root_: DictConfig) -> str:
-    """``${embedft_help:}``: every entry point's ``--help`` (conf/hydra/help/embedft.yaml)."""
-    from embedft.cli import help_text  # embedft.cli builds on this module
-
-    return help_text(_root_)
-
-
-_UID = f"{os.getpid() % 0x10000:04x}{secrets.token_hex(2)}"
 register_configs()
-if not OmegaConf.has_resolver("uid"):
-    OmegaConf.register_new_resolver("uid", _process_uid, use_cache=True)
-if not OmegaConf.has_resolver("embedft_help"):
-    OmegaConf.register_new_resolver("embedft_help", _help_text)

@@ -1,6 +1,8 @@
-"""Where a job runs: its Hydra job context and, under ``hydra/launcher=gpus``, its GPUs.
+"""Where a job runs: its Hydra job context, its rank and, under ``hydra/launcher=gpus``, its GPUs.
 
 ``job_context`` gives a job's overrides and, in a multirun, the sweep's name (the W&B group).
+``is_rank_zero`` tells rank 0 of a DDP job whose processes were started from outside (srun on
+SLURM, Lightning's re-launch for ``strategy=ddp``) from the others, before Lightning starts.
 ``claim_gpus`` makes the jobs of a one-machine sweep share the GPUs one job per GPU (see
 conf/hydra/launcher/gpus.yaml).
 """
@@ -35,6 +37,20 @@ def job_context() -> tuple[list[str], str | None]:
     hc = HydraConfig.get()
     group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
     return list(hc.overrides.task), group
+
+
+# Where launchers put a process's rank before Lightning starts: srun (SLURM_PROCID), torchrun
+# (RANK, GROUP_RANK), Lightning's own re-launched ranks of strategy=ddp (NODE_RANK, LOCAL_RANK).
+RANK_VARIABLES = ("RANK", "SLURM_PROCID", "GROUP_RANK", "NODE_RANK", "LOCAL_RANK")
+
+
+def is_rank_zero() -> bool:
+    """True for rank 0 of this job, or its only process: the one that writes its results.
+
+    A rank is 0 only if every variable that numbers it is 0 or unset: in an interactive SLURM
+    allocation Lightning's re-launched ranks inherit SLURM_PROCID=0 but get LOCAL_RANK=1, 2, ...
+    """
+    return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
 
 
 _HELD_GPU_LOCKS: list[Any] = []  # open lock files: the claim lasts until this process exits

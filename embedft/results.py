@@ -34,7 +34,7 @@ class Results:
     sts: dict[str, float] = field(default_factory=dict)
     stsb_dev: list[dict[str, float]] = field(default_factory=list)  # [{step, spearman}]
     train: dict[str, Any] | None = None  # steps, losses, wall time, resumed_from
-    data: dict[str, Any] | None = None  # rows used/dropped (embedft.data.datamodule.DataReport)
+    data: dict[str, Any] | None = None  # rows used/dropped (embedft.data.source.DataReport)
     checkpoint: str | None = None
     mteb_results: str | None = None  # evaluate: folder of its MTEB-format files
     error: str | None = None

@@ -250,8 +250,10 @@ class ResumeCheckpoint(Checkpoint):
             )
         signalled = self._stop_requested(trainer)
         due_steps = step > 0 and step % self.every_n_steps == 0
-        due_time = self.every_n_seconds > 0 and (
-            time.monotonic() - self._last_save >= self.every_n_seconds
+        # Each rank's clock says "due" at a slightly different step: all save when one does,
+        # or the others would go on training while it waits in the checkpoint's collectives.
+        due_time = self.every_n_seconds > 0 and _on_any_rank(
+            trainer, time.monotonic() - self._last_save >= self.every_n_seconds
         )
         if signalled or due_steps or due_time:
             self.save(trainer)
@@ -267,7 +269,12 @@ class ResumeCheckpoint(Checkpoint):
             self.save(trainer)
 
     def save(self, trainer: L.Trainer) -> None:
-        if self._saved_step == trainer.global_step and self.path.exists():
+        # Rank 0's view of the file for every rank: on another node a shared file system may
+        # not show it yet, and one rank saving alone would wait for the others forever.
+        saved = self._saved_step == trainer.global_step and trainer.strategy.broadcast(
+            self.path.exists()
+        )
+        if saved:
             return
         trainer.save_checkpoint(self.path, weights_only=False)  # full state, for resume
         self._saved_step = trainer.global_step
@@ -275,9 +282,7 @@ class ResumeCheckpoint(Checkpoint):
 
     def _stop_requested(self, trainer: L.Trainer) -> bool:
         # Every rank must stop at the same step: one rank's signal stops them all.
-        return bool(
-            trainer.strategy.reduce_boolean_decision(self._signal_seen is not None, all=False)
-        )
+        return _on_any_rank(trainer, self._signal_seen is not None)
 
     def hand_over(self) -> None:
         """Once checkpoint and results are safe: let the scheduler's own handler requeue the job.
@@ -320,6 +325,11 @@ class ResumeCheckpoint(Checkpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.losses = [float(x) for x in state_dict.get("losses", [])]
         self._saved_step = -1
+
+
+def _on_any_rank(trainer: L.Trainer, decision: bool) -> bool:
+    """``decision`` on every rank when it holds on any: ranks that save or stop do it together."""
+    return bool(trainer.strategy.reduce_boolean_decision(decision, all=False))
 
 
 def _in_main_thread() -> bool:

@@ -9,6 +9,11 @@ run is refused unless ``resume=auto``; a sweep job re-run keeps a completed job'
 resumes the others from ``last.ckpt``. ``results.json`` always ends ``completed``, ``failed``
 (with the error, also for config errors and NaN losses) or ``preempted`` (exit code 143, after
 a checkpoint); resuming is exact (``embedft/resume.py``).
+
+Under DDP whose processes are started from outside (srun for ``hydra/launcher=slurm_multinode``,
+Lightning's re-launch for ``strategy=ddp``) every rank runs ``train``; only rank 0
+(``launch.is_rank_zero``) claims the directory and writes ``results.json`` and ``config.yaml``,
+and Lightning writes checkpoints and logs from rank 0 (``embedft/slurm.py``).
 """
 
 from __future__ import annotations
@@ -30,12 +35,13 @@ from embedft.checkpoint import load_checkpoint
 from embedft.config import RunConfig, check_run_config, moved_key_error, to_object, world_size
 from embedft.data.datamodule import TripletDataModule, check_data
 from embedft.extras import launcher_error
-from embedft.launch import claim_gpus, job_context, on_gpu
+from embedft.launch import claim_gpus, is_rank_zero, job_context, on_gpu
 from embedft.losses import build_loss
 from embedft.model.embedder import build_embedder, resolve_dtype
 from embedft.module import EmbeddingModule
 from embedft.paths import conf_dir, data_dir
 from embedft.results import Results
+from embedft.slurm import check_slurm_job
 from embedft.tracking import build_logger, finish, log_sts_table, wandb_run_id
 from embedft.trainer import build_callbacks, build_trainer, total_steps
 
@@ -46,23 +52,26 @@ def train(dcfg: DictConfig) -> Results:
     out = Path(dcfg.paths.output_dir)
     overrides, group = job_context()
     # Claim the directory before writing anything: a run never writes into another one's.
-    resume.claim_output_dir(out, resume=dcfg.get("resume"), multirun=group is not None)
+    if is_rank_zero():  # the other ranks of a DDP job train in rank 0's directory
+        resume.claim_output_dir(out, resume=dcfg.get("resume"), multirun=group is not None)
     prior = resume.read_results(out)
     results = Results.from_dict(prior) if prior else Results("train", str(dcfg.model.get("name")))
     if results.status == "completed":
         log.info("%s already completed: keeping its results (delete it to run again)", out)
         results.attempts.append({"started": time.strftime("%FT%T%z"), "status": "kept"})
-        results.write(out)
+        _write(results, out)
         return results
     results.overrides, results.status, results.error, hand_over = overrides, "running", None, None
     results.start_attempt()
-    results.write(out)
+    _write(results, out)
     try:
         with resume.preemption_raises():  # a signal outside fit: "preempted", not "running"
             cfg: RunConfig = to_object(dcfg, RunConfig)
             check_run_config(cfg, overrides)
+            check_slurm_job(cfg.trainer)
             results.config = OmegaConf.to_container(dcfg, resolve=True)
-            (out / "config.yaml").write_text(OmegaConf.to_yaml(results.config))
+            if is_rank_zero():
+                (out / "config.yaml").write_text(OmegaConf.to_yaml(results.config))
             claim_gpus(cfg)
             hand_over = fit_and_evaluate(cfg, out, group, results)
         results.end("preempted" if hand_over else "completed", results.error)
@@ -73,7 +82,7 @@ def train(dcfg: DictConfig) -> Results:
         log.error("run failed: %s", results.error)  # into the job's run.log, too
         raise
     finally:
-        results.write(out)
+        _write(results, out)
         # Also after a failure: the next job of a multirun must not log into this W&B run.
         finish(exit_code=0 if results.status == "completed" else 1)
     if results.status == "preempted":
@@ -127,7 +136,7 @@ def fit_and_evaluate(cfg: RunConfig, out: Path, group: str | None, results: Resu
     callbacks.record(results, trainer, steps, started)
     if callbacks.last.preempted_by is not None:
         return callbacks.last.hand_over
-    results.write(out)
+    _write(results, out)
     if cfg.eval.after_fit and trainer.is_global_zero:
         if callbacks.best is not None and callbacks.best.best_model_path:  # STSB-dev's pick
             best = load_checkpoint(callbacks.best.best_model_path, key="best")
@@ -138,6 +147,12 @@ def fit_and_evaluate(cfg: RunConfig, out: Path, group: str | None, results: Resu
         )
         log_sts_table(logger, results.sts)
     return None
+
+
+def _write(results: Results, out: Path) -> None:
+    """``results.json`` is rank 0's: the other ranks of a DDP job train and write nothing."""
+    if is_rank_zero():
+        results.write(out)
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="run")

@@ -42,6 +42,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+# This checkout's embedft, not another editable install's (the script's own dir is on the path).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from embedft.config import LoraConfig, ModelConfig
 from embedft.grad_cache import grad_cache_backward
 from embedft.losses import loss_class

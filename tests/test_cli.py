@@ -12,6 +12,7 @@ import pytest
 
 from embedft import encode, evaluate, export, prepare_nli, report
 from embedft.cli import FOOTER, field_comments, one_line_errors
+from embedft.model import sources
 from embedft.paths import repo_root
 from tests.conftest import run_cli
 
@@ -62,13 +63,18 @@ def _run_help() -> str:
             ["inputs=[]", "columns=[premise, hypothesis, label]", "seed=7"],
             ["model=", "ckpt=", "eval.", "dirs="],
         ),
+        (
+            sources.main,
+            ["models=???", "names of conf/model/*.yaml", "$EMBEDFT_CACHE_DIR"],
+            ["model=", "model.name", "ckpt=", "eval.", "Config groups"],
+        ),
     ],
-    ids=["export", "encode", "evaluate", "run", "report", "prepare_nli"],
+    ids=["export", "encode", "evaluate", "run", "report", "prepare_nli", "model.sources"],
 )
 def test_help_lists_the_commands_own_keys_only(main, own, foreign, capsys):
     text = _run_help() if main == "run" else _help(capsys, main)
-    name = "run" if main == "run" else main.__module__.split(".")[-1]
-    assert f"python -m embedft.{name}" in text.splitlines()[0]  # the schema's docstring
+    module = "embedft.run" if main == "run" else main.__module__
+    assert f"python -m {module}" in text.splitlines()[0]  # the schema's docstring
     for expected in own:
         assert expected in text
     for other in foreign:

@@ -1,8 +1,33 @@
-"""Launcher support: under hydra/launcher=gpus each job of a sweep holds its own GPU(s)."""
+"""Launcher support: under hydra/launcher=gpus each job of a sweep holds its own GPU(s); a DDP
+process started from outside knows whether it is rank 0 before Lightning starts."""
 
 import fcntl
 import os
 import tempfile
+
+import pytest
+
+from embedft.launch import RANK_VARIABLES, is_rank_zero
+
+
+@pytest.mark.parametrize(
+    "env, rank_zero",
+    [
+        ({}, True),  # one process, no launcher
+        ({"SLURM_PROCID": "0", "SLURM_LOCALID": "0"}, True),  # task 0 of a SLURM job (or array)
+        ({"SLURM_PROCID": "3"}, False),  # srun's task 3 (node 1, local rank 1 of 2 x 2)
+        ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, False),  # node 1's first rank, Lightning-launched
+        ({"LOCAL_RANK": "1"}, False),  # Lightning's re-launch of strategy=ddp, rank 1
+        ({"SLURM_PROCID": "0", "LOCAL_RANK": "2"}, False),  # re-launched in an interactive job
+        ({"RANK": "0", "GROUP_RANK": "0", "LOCAL_RANK": "0"}, True),  # torchrun's rank 0
+    ],
+)
+def test_rank_zero_is_read_from_every_launchers_variables(env, rank_zero, monkeypatch):
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert is_rank_zero() is rank_zero
 
 
 def test_gpus_preset_jobs_each_hold_their_own_gpu(tmp_path, monkeypatch):

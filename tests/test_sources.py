@@ -30,6 +30,7 @@ from embedft.model.sources import (
     load_tokenizer,
     resolve_model_dir,
 )
+from tests.conftest import run_cli
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
@@ -386,6 +387,44 @@ def test_tiny_unknown_arch_lists_the_choices(cache_dir: Path) -> None:
     cfg = ModelConfig(name="t", source="tiny", path="mamba")
     with pytest.raises(ValueError, match=r"'mamba'.*'llama', 'gemma', 'gemma3', 'phi', 'minicpm'"):
         resolve_model_dir(cfg)
+
+
+# --- python -m embedft.model.sources models=[...] -----------------------------------------------
+
+
+def test_the_command_builds_each_named_model_and_prints_where(
+    cache_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # Given an empty cache / When the command is asked for two tiny models
+    assert run_cli(sources.main, "models=[tiny_llama,tiny_phi]") == 0
+    # Then each is built into the cache, and stdout says where, one line per model
+    assert capsys.readouterr().out.splitlines() == [
+        f"tiny_llama -> {cache_dir / 'tiny-llama-v1'}",
+        f"tiny_phi -> {cache_dir / 'tiny-phi-v1'}",
+    ]
+    assert _visible(cache_dir) == ["tiny-llama-v1", "tiny-phi-v1"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["models=[tiny_llama,nope]"],
+            "models: 'nope' is not a model of conf/model/; known: ['gemma', 'gemma3_270m',",
+        ),
+        (["models=[]"], "models must name at least one model"),
+        ([], "missing required key(s): models=..."),
+    ],
+)
+def test_the_command_checks_every_name_before_building_any(
+    args: list[str], message: str, cache_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # When a name is unknown (after a good one), the list is empty or missing
+    assert run_cli(sources.main, *args) == 2
+    # Then one line says what is wrong, and nothing was built, not even the good name
+    err = capsys.readouterr().err
+    assert err.startswith(f"embedft.model.sources: error: {message}") and err.count("\n") == 1
+    assert not cache_dir.exists() or _visible(cache_dir) == []
 
 
 # --- real offline models (slow) ---------------------------------------------------------------

@@ -63,6 +63,8 @@ def test_base_model_experiment_is_for_evaluate():
 
 
 def test_launcher_presets_build_on_the_submitit_plugin(monkeypatch):
+    from hydra_plugins.embedft_slurm.launcher import CheckedSlurmLauncher
+
     # Given the two presets; Then they are hydra-submitit-launcher's, configured
     monkeypatch.setenv("EMBEDFT_NUM_GPUS", "4")
     gpus = compose_with_hydra("run", ["hydra/launcher=gpus"]).hydra.launcher
@@ -71,7 +73,11 @@ def test_launcher_presets_build_on_the_submitit_plugin(monkeypatch):
     slurm = compose_with_hydra(
         "run", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"]
     ).hydra.launcher
-    assert slurm._target_.endswith("submitit_launcher.SlurmLauncher")
+    # submitit's SLURM launcher, which first checks each job's layout (embedft/slurm.py)
+    assert slurm._target_ == "hydra_plugins.embedft_slurm.launcher.CheckedSlurmLauncher"
+    # (by name: Hydra's plugin scan re-executes the plugin modules, so class objects differ)
+    bases = [f"{c.__module__}.{c.__name__}" for c in CheckedSlurmLauncher.__mro__]
+    assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in bases
     assert (slurm.partition, slurm.gpus_per_node, slurm.tasks_per_node) == ("gpu", 1, 1)
     assert slurm.max_num_timeout > 0  # a job that hits the time limit is requeued
 

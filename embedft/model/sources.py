@@ -17,7 +17,8 @@ Built directories live under ``$EMBEDFT_CACHE_DIR`` (default ``~/.cache/embedft/
 written into a temporary sibling and renamed into place under a file lock, so an interrupted
 build leaves no half-written cache and two processes never build the same directory at once; the
 temporary of a killed build is removed by the next process that uses the cache. Cached files are
-0644 (directories 0755).
+0644 (directories 0755). ``python -m embedft.model.sources models=[smollm2,gemma3_270m]`` builds
+them ahead of time (``make models``; ``--help`` lists its keys).
 
     >>> from embedft.model.sources import load_tokenizer, resolve_model_dir
     >>> AutoModel.from_pretrained(resolve_model_dir(cfg), trust_remote_code=cfg.trust_remote_code)
@@ -35,10 +36,13 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import hydra
 import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -51,12 +55,12 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from embedft.cli import log_to_stderr, one_line_errors, tool_config
+from embedft.config import ConfigError, ModelConfig, to_object
 from embedft.extras import require as require_extra
 from embedft.model.minicpm import MiniCPMConfig
+from embedft.paths import conf_dir
 from embedft.tempfiles import flocked, remove_if_abandoned
-
-if TYPE_CHECKING:
-    from embedft.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -329,20 +333,42 @@ def build_tiny_model_dir(arch: str) -> Path:
 
 def model_config_by_name(name: str) -> ModelConfig:
     """The typed ModelConfig of ``conf/model/<name>.yaml``."""
-    from omegaconf import OmegaConf
-
-    from embedft.config import ModelConfig, to_object
-    from embedft.paths import conf_dir
-
     path = conf_dir() / "model" / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise ValueError(f"model={name!r} does not exist; known models: {known}")
+        raise ConfigError(f"models: {name!r} is not a model of conf/model/; known: {known}")
     return to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path)))
 
 
-if __name__ == "__main__":  # python -m embedft.model.sources smollm2 gemma3_270m: build caches
-    import sys
+@dataclass
+class BuildModelsConfig:
+    """python -m embedft.model.sources models=[smollm2,gemma3_270m,minilm]
 
-    for model_name in sys.argv[1:]:
-        print(model_name, "->", resolve_model_dir(model_config_by_name(model_name)))
+    Builds, once, the directory each named model loads from (conf/model/<name>.yaml): a GGUF
+    package is de-quantised into the safetensors cache ($EMBEDFT_CACHE_DIR), a tiny test model
+    is built; package, local and hub models are found, not copied. Prints "<name> -> <dir>".
+    """
+
+    models: list[str] = MISSING  # names of conf/model/*.yaml, e.g. [smollm2,gemma3_270m]
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError("models must name at least one model, e.g. models=[smollm2]")
+
+
+ConfigStore.instance().store(name="sources_schema", node=BuildModelsConfig)
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="sources")
+def main(dcfg: DictConfig) -> None:
+    log_to_stderr()
+    expected = (ConfigError, ModuleNotFoundError, FileNotFoundError)
+    with one_line_errors("embedft.model.sources", *expected):
+        cfg = tool_config(dcfg, BuildModelsConfig)
+        configs = [model_config_by_name(name) for name in cfg.models]  # all checked first
+        for name, model_cfg in zip(cfg.models, configs, strict=True):
+            print(name, "->", resolve_model_dir(model_cfg), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""embedft's Hydra launcher plugin (Hydra accepts launchers only from ``hydra_plugins``)."""
