@@ -1,8 +1,9 @@
 """Train a sentence-embedding model: ``python -m embedft.run [model=gemma] [loss.hard_neg=false]``.
 
-Compose and validate the config, check the data, build embedder + datamodule + trainer, fit,
-evaluate the 9 STS tasks with the best adapters, and write ``config.yaml``, ``results.json``,
-``checkpoints/`` (adapters only) into the run's Hydra output directory. Sweeps: add ``-m``.
+Compose and validate the config, check the data (triplets, STS files), build embedder +
+datamodule + trainer, fit, evaluate the 9 STS tasks with the best adapters, write ``config.yaml``,
+``results.json``, ``checkpoints/`` (adapters only) into the run's Hydra output directory, and log
+what happened and what to run next (``embedft.run_summary``). Sweeps: add ``-m``.
 
 A run owns its directory (``embedft.resume.claim_output_dir``): a directory holding another
 run is refused unless ``resume=auto``; a sweep job re-run keeps a completed job's results and
@@ -26,7 +27,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from embedft import resume
-from embedft.checkpoint import load_checkpoint
 from embedft.config import RunConfig, check_run_config, moved_key_error, to_object, world_size
 from embedft.data.datamodule import TripletDataModule, check_data
 from embedft.launch import claim_gpus, job_context, on_gpu
@@ -35,6 +35,7 @@ from embedft.model.embedder import build_embedder, resolve_dtype
 from embedft.module import EmbeddingModule
 from embedft.paths import data_dir
 from embedft.results import Results
+from embedft.run_summary import log_run_summary
 from embedft.tracking import build_logger, finish, log_sts_table, wandb_run_id
 from embedft.trainer import build_callbacks, build_trainer, total_steps
 
@@ -69,14 +70,13 @@ def train(dcfg: DictConfig) -> Results:
         results.end("preempted", str(err))
     except BaseException as err:
         results.end("failed", f"{type(err).__name__}: {err}")
-        log.error("run failed: %s", results.error)  # into the job's run.log, too
         raise
     finally:
         results.write(out)
         # Also after a failure: the next job of a multirun must not log into this W&B run.
         finish(exit_code=0 if results.status == "completed" else 1)
+        log_run_summary(results, out)  # into the job's run.log, too
     if results.status == "preempted":
-        log.warning("%s; resume with resume=auto hydra.run.dir=%s", results.error, out)
         if hand_over is not None:
             hand_over()  # the scheduler's requeue, now that checkpoint and results are safe
         raise SystemExit(resume.EXIT_PREEMPTED)
@@ -85,11 +85,12 @@ def train(dcfg: DictConfig) -> Results:
 
 def fit_and_evaluate(cfg: RunConfig, out: Path, group: str | None, results: Results) -> Any:
     """Fit, then score the best adapters; returns the requeue hand-over if preempted."""
-    from embedft.eval.sts import evaluate_sts
+    from embedft.eval.sts import check_eval_data, evaluate_sts
 
     L.seed_everything(cfg.seed, workers=True)
     sts_dir = Path(cfg.paths.data_dir) if cfg.paths.data_dir else data_dir()
     report = check_data(cfg.data)  # fail on missing/bad data before any model loads
+    check_eval_data(cfg.eval, sts_dir)
     results.data = asdict(report)
     resume_from, state = resume.find_resume(cfg, out / "checkpoints", multirun=group is not None)
     gpu = on_gpu(cfg)
@@ -102,7 +103,8 @@ def fit_and_evaluate(cfg: RunConfig, out: Path, group: str | None, results: Resu
         gradient_checkpointing=cfg.trainer.gradient_checkpointing,
     )
     datamodule = TripletDataModule.for_run(cfg, embedder.tokenizer, report)
-    steps = total_steps(cfg, datamodule.batches_per_epoch(world_size(cfg.trainer)))
+    batches = datamodule.batches_per_epoch(world_size(cfg.trainer))
+    steps = total_steps(cfg, batches)
     logger = build_logger(cfg.logger, out, results.overrides, group, run_id=state.get("wandb_id"))
     if resume_from is not None:
         resume.continue_csv_log(logger, state["global_step"], state.get("log_row"))
@@ -117,20 +119,18 @@ def fit_and_evaluate(cfg: RunConfig, out: Path, group: str | None, results: Resu
     )
     if cfg.trainer.compile:
         module.embedder.backbone = torch.compile(module.embedder.backbone)
-    callbacks = build_callbacks(cfg, out / "checkpoints", sts_dir)
+    callbacks = build_callbacks(cfg, out / "checkpoints", sts_dir, steps, batches)
     trainer = build_trainer(cfg, out, logger, callbacks, gpu)
     if logger:
         logger.log_hyperparams(results.config)
     results.train, started = {"resumed_from": resume_from}, time.perf_counter()
     callbacks.fit(trainer, module, datamodule, resume_from)
-    callbacks.record(results, trainer, steps, started)
+    callbacks.record(results, trainer, started)
     if callbacks.last.preempted_by is not None:
         return callbacks.last.hand_over
     results.write(out)
     if cfg.eval.after_fit and trainer.is_global_zero:
-        if callbacks.best is not None and callbacks.best.best_model_path:  # STSB-dev's pick
-            best = load_checkpoint(callbacks.best.best_model_path, key="best")
-            module.load_state_dict(best["state_dict"], strict=False)
+        callbacks.load_best(module)  # STSB-dev's pick
         ev = cfg.eval
         results.sts = evaluate_sts(
             module.embedder, ev.tasks, sts_dir, ev.batch_size, split=ev.split, source=ev.source
