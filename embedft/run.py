@@ -29,24 +29,23 @@ from omegaconf import DictConfig, OmegaConf
 from embedft import resume
 from embedft.config import RunConfig, check_run_config, moved_key_error, to_object, world_size
 from embedft.data.datamodule import TripletDataModule, check_data
-from embedft.launch import claim_gpus, job_context, on_gpu
+from embedft.launch import JobContext, claim_gpus, job_context, on_gpu
 from embedft.losses import build_loss
 from embedft.model.embedder import build_embedder, resolve_dtype
 from embedft.module import EmbeddingModule
 from embedft.paths import data_dir
 from embedft.results import Results
 from embedft.run_summary import log_run_summary
-from embedft.tracking import build_logger, finish, log_sts_table, wandb_run_id
+from embedft.tracking import build_logger, finish, log_outcome, wandb_run_id
 from embedft.trainer import build_callbacks, build_trainer, total_steps
 
 log = logging.getLogger("embedft.run")
 
 
 def train(dcfg: DictConfig) -> Results:
-    out = Path(dcfg.paths.output_dir)
-    overrides, group = job_context()
+    out, job = Path(dcfg.paths.output_dir), job_context()
     # Claim the directory before writing anything: a run never writes into another one's.
-    resume.claim_output_dir(out, resume=dcfg.get("resume"), multirun=group is not None)
+    resume.claim_output_dir(out, resume=dcfg.get("resume"), multirun=job.multirun)
     prior = resume.read_results(out)
     results = Results.from_dict(prior) if prior else Results("train", str(dcfg.model.get("name")))
     if results.status == "completed":
@@ -54,17 +53,18 @@ def train(dcfg: DictConfig) -> Results:
         results.attempts.append({"started": time.strftime("%FT%T%z"), "status": "kept"})
         results.write(out)
         return results
-    results.overrides, results.status, results.error, hand_over = overrides, "running", None, None
+    results.overrides, results.status, results.error = job.overrides, "running", None
+    hand_over = None
     results.start_attempt()
     results.write(out)
     try:
         with resume.preemption_raises():  # a signal outside fit: "preempted", not "running"
             cfg: RunConfig = to_object(dcfg, RunConfig)
-            check_run_config(cfg, overrides)
+            check_run_config(cfg, job.overrides)
             results.config = OmegaConf.to_container(dcfg, resolve=True)
             (out / "config.yaml").write_text(OmegaConf.to_yaml(results.config))
             claim_gpus(cfg)
-            hand_over = fit_and_evaluate(cfg, out, group, results)
+            hand_over = fit_and_evaluate(cfg, out, job, results)
         results.end("preempted" if hand_over else "completed", results.error)
     except resume.Preempted as err:
         results.end("preempted", str(err))
@@ -83,7 +83,7 @@ def train(dcfg: DictConfig) -> Results:
     return results
 
 
-def fit_and_evaluate(cfg: RunConfig, out: Path, group: str | None, results: Results) -> Any:
+def fit_and_evaluate(cfg: RunConfig, out: Path, job: JobContext, results: Results) -> Any:
     """Fit, then score the best adapters; returns the requeue hand-over if preempted."""
     from embedft.eval.sts import check_eval_data, evaluate_sts
 
@@ -92,7 +92,7 @@ def fit_and_evaluate(cfg: RunConfig, out: Path, group: str | None, results: Resu
     report = check_data(cfg.data)  # fail on missing/bad data before any model loads
     check_eval_data(cfg.eval, sts_dir)
     results.data = asdict(report)
-    resume_from, state = resume.find_resume(cfg, out / "checkpoints", multirun=group is not None)
+    resume_from, state = resume.find_resume(cfg, out / "checkpoints", multirun=job.multirun)
     gpu = on_gpu(cfg)
     embedder = build_embedder(
         cfg.model,
@@ -105,7 +105,7 @@ def fit_and_evaluate(cfg: RunConfig, out: Path, group: str | None, results: Resu
     datamodule = TripletDataModule.for_run(cfg, embedder.tokenizer, report)
     batches = datamodule.batches_per_epoch(world_size(cfg.trainer))
     steps = total_steps(cfg, batches)
-    logger = build_logger(cfg.logger, out, results.overrides, group, run_id=state.get("wandb_id"))
+    logger = build_logger(cfg.logger, out, job, run_id=state.get("wandb_id"))
     if resume_from is not None:
         resume.continue_csv_log(logger, state["global_step"], state.get("log_row"))
     module = EmbeddingModule(
@@ -135,7 +135,7 @@ def fit_and_evaluate(cfg: RunConfig, out: Path, group: str | None, results: Resu
         results.sts = evaluate_sts(
             module.embedder, ev.tasks, sts_dir, ev.batch_size, split=ev.split, source=ev.source
         )
-        log_sts_table(logger, results.sts)
+    log_outcome(logger, results.checkpoint, results.sts)
     return None
 
 

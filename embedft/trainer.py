@@ -2,10 +2,10 @@
 
 ``build_trainer`` maps the typed trainer settings onto ``lightning.Trainer`` and adds the
 callbacks a run always has: ``ResumeCheckpoint`` (``last.ckpt``: by steps, by minutes, on
-preemption; exact resume) and, when STSB-dev validation is on (``eval.every_n_steps > 0``),
-``StsDevCallback`` + a ``ModelCheckpoint`` keeping ``best.ckpt`` by that score. Lightning runs
-``Checkpoint`` callbacks last and in list order, so ``best.ckpt`` of a step is written before
-that step's ``last.ckpt``.
+preemption; exact resume), ``StepMetrics`` (throughput, gradient norm, memory, similarities)
+and, when STSB-dev validation is on (``eval.every_n_steps > 0``), ``StsDevCallback`` + a
+``ModelCheckpoint`` keeping ``best.ckpt`` by that score. Lightning runs ``Checkpoint`` callbacks
+last and in list order, so ``best.ckpt`` of a step is written before that step's ``last.ckpt``.
 
 The triplet stream has no length, so Lightning's progress bar would show ``4/--`` and no ETA;
 ``planned_progress_bar`` gives it the run's planned batches. ``log_every_n_steps`` is capped at
@@ -15,7 +15,7 @@ the planned steps, so a short run still writes its metrics.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from embedft.checkpoint import load_checkpoint
 from embedft.config import ConfigError, RunConfig
 from embedft.results import Results
 from embedft.resume import Preempted, ResumeCheckpoint, cluster_plugins
+from embedft.step_metrics import StepMetrics
 
 
 @dataclass
@@ -39,9 +40,11 @@ class RunCallbacks:
     dev: Any = None  # StsDevCallback, when validation is on
     best: ModelCheckpoint | None = None
     bar: Any = None  # the progress bar, unless trainer.enable_progress_bar=false
+    metrics: StepMetrics = field(default_factory=StepMetrics)
 
     def as_list(self) -> list[Any]:
-        return [c for c in (self.bar, self.dev, self.best) if c is not None] + [self.last]
+        extra = [c for c in (self.bar, self.dev, self.best) if c is not None]
+        return [self.metrics, *extra, self.last]
 
     def fit(
         self, trainer: L.Trainer, module: Any, datamodule: Any, resume_from: str | None

@@ -98,6 +98,7 @@ def test_a_short_run_ends_with_its_summary_and_metrics(triplet_file, tmp_path, s
     rows = list(csv.DictReader(open(tmp_path / "run" / "csv" / "metrics.csv")))
     logged = [r for r in rows if r["train/loss"]]
     assert [int(r["step"]) for r in logged] == [1]
+    assert float(logged[0]["perf/triplets_per_s"]) > 0 and float(logged[0]["train/grad_norm"]) > 0
     assert f"metrics:    {tmp_path / 'run' / 'csv' / 'metrics.csv'}" in text
 
 
