@@ -19,6 +19,7 @@ holding ``=``, ``,``, a space, a non-ASCII character or ``$`` is quoted, e.g.
   (``???``) is one line naming it, value checks are the schema's ``__post_init__``.
 - ``one_line_errors``: an error the tool expects (a missing file, a bad value) ends it with one
   line on stderr, ``embedft.<tool>: error: <message>``, and exit code 2.
+- ``override`` writes ``key=value`` as one shell word in that grammar (the commands a run prints).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import inspect
 import io
 import logging
 import re
+import shlex
 import sys
 import textwrap
 import tokenize
@@ -147,6 +149,26 @@ def tool_config(dcfg: DictConfig, schema: type[T]) -> T:
     if missing:
         raise ConfigError(f"missing required key(s): {', '.join(f'{k}=...' for k in missing)}")
     return to_object(dcfg, schema)
+
+
+def override(key: str, value: object) -> str:
+    """``key=value`` as one shell word that Hydra reads back as the string ``str(value)``.
+
+    Left unquoted when Hydra's grammar already reads it so; else Hydra-quoted (``"..."``, a quote
+    and the backslashes before it escaped) and then quoted for the shell.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    text = str(value)
+    try:
+        plain = OverridesParser.create().parse_override(f"{key}={text}").value() == text
+    except HydraException:
+        plain = False
+    if not plain:
+        escaped = re.sub(r'(\\*)("|$)', lambda m: m[1] * 2 + ("\\" + m[2] if m[2] else ""), text)
+        text = f'"{escaped}"'
+    return shlex.quote(f"{key}={text}")
 
 
 def log_to_stderr() -> None:

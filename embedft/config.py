@@ -296,9 +296,9 @@ class LoggerConfig:
     kind: str = "wandb"  # wandb | csv | none
     project: str = "embedft"
     entity: str | None = None
-    group: str | None = None  # default: the sweep directory name in multirun
+    group: str | None = None  # default: the sweep's name in a multirun, else the experiment's
     name: str | None = None  # default: built from the job's overrides
-    tags: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)  # plus a multirun job's swept values
     mode: str = "auto"  # auto: online with credentials, offline without
 
     def __post_init__(self) -> None:

@@ -1,6 +1,7 @@
 """Where a job runs: its Hydra job context, its rank and, under ``hydra/launcher=gpus``, its GPUs.
 
-``job_context`` gives a job's overrides and, in a multirun, the sweep's name (the W&B group).
+``job_context`` gives a job's overrides, its experiment, and in a multirun the sweep's readable
+name and the overrides of the keys the sweep varies (W&B's group and tags, ``embedft.tracking``).
 ``is_rank_zero`` tells rank 0 of a DDP job whose processes were started from outside (srun on
 SLURM, Lightning's re-launch for ``strategy=ddp``) from the others, before Lightning starts.
 ``claim_gpus`` makes the jobs of a one-machine sweep share the GPUs one job per GPU (see
@@ -14,12 +15,16 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ValueType
 from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from embedft.config import RunConfig
 
@@ -30,13 +35,69 @@ def on_gpu(cfg: RunConfig) -> bool:
     return cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
-def job_context() -> tuple[list[str], str | None]:
-    """This job's overrides and, in a multirun, the sweep name (the W&B group)."""
+@dataclass(frozen=True)
+class JobContext:
+    """What Hydra says about this job (all empty outside a Hydra app)."""
+
+    overrides: list[str] = field(default_factory=list)  # hydra.overrides.task
+    experiment: str | None = None  # the experiment=... config chosen, if any
+    sweep: str | None = None  # multirun only: the sweep's readable name
+    swept: list[str] = field(default_factory=list)  # this job's overrides of the varied keys
+
+    @property
+    def multirun(self) -> bool:
+        return self.sweep is not None
+
+
+def job_context() -> JobContext:
+    """This job's overrides and experiment; in a multirun also its sweep's name and swept keys."""
     if not HydraConfig.initialized():
-        return [], None
+        return JobContext()
     hc = HydraConfig.get()
-    group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
-    return list(hc.overrides.task), group
+    overrides = list(hc.overrides.task)
+    experiment = hc.runtime.choices.get("experiment")
+    if hc.mode != RunMode.MULTIRUN:
+        return JobContext(overrides, experiment)
+    sweep_dir = Path(hc.sweep.dir)
+    varied = swept_keys(sweep_dir / "multirun.yaml")
+    swept = [o for o in overrides if _key(o) in varied]
+    return JobContext(overrides, experiment, sweep_name(sweep_dir, experiment), swept)
+
+
+def sweep_name(sweep_dir: Path, experiment: str | None) -> str:
+    """``<experiment or 'sweep'>-<sweep dir name>``, or the dir's name when it already says that.
+
+    The default sweep dir is ``multirun/<task>/<time>_<uid>``: its name alone is a timestamp.
+    """
+    label = experiment or "sweep"
+    return sweep_dir.name if label in sweep_dir.name else f"{label}-{sweep_dir.name}"
+
+
+def swept_keys(multirun_yaml: Path) -> set[str]:
+    """The keys a sweep gives several values, from the ``multirun.yaml`` Hydra's sweeper saves.
+
+    As Hydra's basic sweeper does: ``hydra.sweeper.params`` first, then the command line's
+    overrides (``hydra.overrides.task`` of the sweep), a later value of a key replacing an earlier.
+    """
+    if not multirun_yaml.is_file():  # another sweeper: no swept keys known
+        return set()
+    sweep = OmegaConf.load(multirun_yaml).hydra
+    params = [f"{k}={v}" for k, v in (sweep.sweeper.get("params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides([*params, *sweep.overrides.task])
+    several = {o.key_or_group: _several_values(o) for o in parsed}
+    return {key for key, varied in several.items() if varied}
+
+
+def _several_values(override: Any) -> bool:
+    if not override.is_sweep_override():
+        return False
+    if override.value_type == ValueType.GLOB_CHOICE_SWEEP:  # its options need the config loader
+        return True
+    return len(set(override.sweep_string_iterator())) > 1
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").partition("=")[0]
 
 
 # Where launchers put a process's rank before Lightning starts: srun (SLURM_PROCID), torchrun

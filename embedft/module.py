@@ -12,6 +12,9 @@ under manual optimisation in chunks of at most that many tokens, each embedded b
 
 A non-finite loss, or LoRA weights that turn non-finite after an optimizer step, stop training
 with ``NonFiniteError`` (the step and what went wrong) before anything is saved from that state.
+
+For ``embedft.step_metrics`` the module keeps, outside the loss maths, the latest batch's
+embeddings (detached) and each optimizer step's gradient norm before clipping.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ class EmbeddingModule(L.LightningModule):
         self.grad_cache_chunk_tokens = grad_cache_chunk_tokens
         self.automatic_optimization = grad_cache_chunk_tokens == 0
         self.strict_loading = False  # checkpoints hold the adapters, not the frozen base
+        self.last_embeddings: tuple[torch.Tensor, ...] = ()  # anchor, positive[, negative]
+        self.last_grad_norm: torch.Tensor | None = None  # L2 of the LoRA gradients, unclipped
 
     def on_fit_start(self) -> None:
         # transformers returns models in eval mode and Lightning keeps submodules' modes, so
@@ -84,6 +89,9 @@ class EmbeddingModule(L.LightningModule):
         n = batch["num_triplets"]
         anchor, positive = emb[:n], emb[n : 2 * n]  # (B, H) each
         negative = emb[2 * n : 3 * n] if emb.shape[0] >= 3 * n else None
+        self.last_embeddings = tuple(
+            e.detach() for e in (anchor, positive, negative) if e is not None
+        )
         return self.loss_fn(
             anchor,
             positive,
@@ -137,6 +145,7 @@ class EmbeddingModule(L.LightningModule):
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad /= world
+        self.record_grad_norm()
         if self.trainer.gradient_clip_val:
             self.clip_gradients(opt, gradient_clip_val=self.trainer.gradient_clip_val)
         opt.step()
@@ -144,6 +153,16 @@ class EmbeddingModule(L.LightningModule):
         opt.zero_grad(set_to_none=True)
         sched.step()
         return loss
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        # Lightning clips after this hook; gradient caching records before its own clipping.
+        if self.automatic_optimization:
+            self.record_grad_norm()
+
+    def record_grad_norm(self) -> None:
+        """``last_grad_norm``: total L2 norm of the LoRA gradients (a tensor: no device sync)."""
+        grads = [p.grad for p in self.embedder.parameters() if p.grad is not None]
+        self.last_grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)

@@ -50,7 +50,31 @@ class Results:
             self.attempts[-1].update(status=status, ended=now())
 
     def write(self, out_dir: Path) -> None:
-        write_json(Path(out_dir) / FILENAME, asdict(self))
+        """Atomically; only on rank 0 (the other ranks of a DDP job train and write nothing)."""
+        from embedft.launch import is_rank_zero
+
+        if is_rank_zero():
+            write_json(Path(out_dir) / FILENAME, asdict(self))
+
+    def write_config(self, out_dir: Path) -> None:
+        """``config.yaml``: the resolved config, beside results.json (rank 0 only, as write)."""
+        from omegaconf import OmegaConf
+
+        from embedft.launch import is_rank_zero
+
+        if is_rank_zero():
+            (Path(out_dir) / "config.yaml").write_text(OmegaConf.to_yaml(self.config))
+
+    def keep(self, out_dir: Path) -> Results:
+        """A completed job run again (a sweep re-run): its results stay, the attempt is noted."""
+        import logging
+
+        logging.getLogger("embedft.run").info(
+            "%s already completed: keeping its results (delete it to run again)", out_dir
+        )
+        self.attempts.append({"started": now(), "status": "kept"})
+        self.write(out_dir)
+        return self
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Results:

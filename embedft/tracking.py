@@ -1,9 +1,17 @@
-"""Experiment tracking: the Lightning logger for a run, its W&B name/group/tags, and results.json.
+"""Experiment tracking: the Lightning logger for a run, what W&B shows of it, and results.json.
 
 W&B runs online when credentials exist (``WANDB_API_KEY`` or a netrc entry) and offline otherwise,
 so a run never prompts or waits on the network; ``wandb sync`` uploads offline runs later.
-In a Hydra multirun the group is the sweep directory's name and the run name is built from the
-job's overrides (``model=gemma loss.hard_neg=true lora.r=8`` -> ``gemma-hardneg-r8``).
+What a W&B run carries (``build_logger``, ``log_outcome``):
+
+- name: from the job's overrides (``model=gemma loss.hard_neg=true lora.r=8`` -> ``gemma-hardneg-r8``);
+- group: ``logger.group``, else the sweep's name in a multirun (``paper_grid-<time>``), else the
+  experiment's name; ``job_type`` "train";
+- tags: ``logger.tags`` plus, in a multirun, the keys the sweep varies, as the name writes them
+  (``hardneg``, ``r8``): not every override;
+- every metric plotted against the optimizer step (``trainer/global_step``), and STSB-dev's summary
+  its maximum, not its last value;
+- at the end: the adapter checkpoint as a ``model`` artifact and the STS table as a ``wandb.Table``.
 """
 
 from __future__ import annotations
@@ -15,9 +23,14 @@ import secrets
 import string
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embedft.config import LoggerConfig
+
+if TYPE_CHECKING:
+    from embedft.launch import JobContext  # imports torch: not for every reader of results.json
+
+STEP_METRIC = "trainer/global_step"  # Lightning's WandbLogger logs the optimizer step as this
 
 # Overrides that say where or how a job runs, not what it trains: left out of run names.
 _NOT_IN_NAME = (
@@ -39,24 +52,30 @@ _NOT_IN_NAME = (
 )
 
 
+def name_part(override: str) -> str | None:
+    """How a run name writes ``key=value``; None for an override that says where or how it runs."""
+    key, _, value = override.lstrip("+~").partition("=")
+    if not value or key.startswith(_NOT_IN_NAME):
+        return None
+    if key == "model" or key == "experiment":
+        return value
+    if key == "loss.hard_neg":
+        return "hardneg" if value.lower() == "true" else "nohardneg"
+    if key == "lora.r":
+        return f"r{value}"
+    return f"{key.rsplit('.', 1)[-1]}{value}"
+
+
 def name_from_overrides(overrides: list[str]) -> str:
-    """A short, readable run name from ``key=value`` overrides."""
-    parts = []
-    for item in overrides:
-        key, _, value = item.lstrip("+~").partition("=")
-        if not value or key.startswith(_NOT_IN_NAME):
-            continue
-        if key == "model":
-            parts.insert(0, value)
-        elif key == "loss.hard_neg":
-            parts.append("hardneg" if value.lower() == "true" else "nohardneg")
-        elif key == "lora.r":
-            parts.append(f"r{value}")
-        elif key == "experiment":
-            parts.append(value)
-        else:
-            parts.append(f"{key.rsplit('.', 1)[-1]}{value}")
-    return "-".join(parts) or "default"
+    """A short, readable run name from ``key=value`` overrides (the model first)."""
+    models = [name_part(o) for o in overrides if o.lstrip("+~").startswith("model=")]
+    rest = [name_part(o) for o in overrides if not o.lstrip("+~").startswith("model=")]
+    return "-".join(p for p in [*models, *rest] if p) or "default"
+
+
+def sweep_tags(swept: list[str]) -> list[str]:
+    """One W&B tag per swept override: as the run name writes it, else ``key=value`` (<= 64)."""
+    return [(name_part(o) or o.lstrip("+~"))[:64] for o in swept]
 
 
 def wandb_mode(cfg: LoggerConfig) -> str:
@@ -131,11 +150,7 @@ def wandb_server_reachable(url: str, timeout_s: float = 3.0) -> bool:
 
 
 def build_logger(
-    cfg: LoggerConfig,
-    output_dir: Path,
-    overrides: list[str],
-    group: str | None,
-    run_id: str | None = None,
+    cfg: LoggerConfig, output_dir: Path, job: JobContext, run_id: str | None = None
 ) -> Any:
     """The Lightning logger for this run, or False for ``logger=none``.
 
@@ -152,16 +167,18 @@ def build_logger(
         )
     from lightning.pytorch.loggers import WandbLogger
 
+    from embedft.eval.callback import StsDevCallback
+
     mode = wandb_mode(cfg)
-    name = cfg.name or name_from_overrides(overrides)
     logger = WandbLogger(
         id=run_id or new_run_id(),
         resume="allow",
         project=cfg.project,
         entity=cfg.entity,
-        group=cfg.group or group,
-        name=name,
-        tags=list(cfg.tags) or [t for t in name.split("-") if t],
+        group=cfg.group or job.sweep or job.experiment,
+        job_type="train",
+        name=cfg.name or name_from_overrides(job.overrides),
+        tags=list(dict.fromkeys([*cfg.tags, *sweep_tags(job.swept)])),
         save_dir=str(output_dir),
         offline=mode == "offline",
         mode=mode,
@@ -169,6 +186,9 @@ def build_logger(
     # Lightning 2.6 always hands wandb.init anonymous=None, which wandb 0.31 warns about on every
     # run ("The anonymous setting has no effect"): leave the key out.
     logger._wandb_init.pop("anonymous", None)
+    # Lightning's logger already plots "*" against STEP_METRIC; naming a metric here replaces
+    # what the glob gave it, so the step metric is repeated. On ranks other than 0 a no-op.
+    logger.experiment.define_metric(StsDevCallback.METRIC, step_metric=STEP_METRIC, summary="max")
     return logger
 
 
@@ -187,16 +207,29 @@ def wandb_run_id(logger: Any) -> str | None:
     return None
 
 
-def log_sts_table(logger: Any, scores: dict[str, float]) -> None:
-    """Put the final 9-task table into W&B (a table plus one summary value per task)."""
-    from lightning.pytorch.loggers import WandbLogger
+def log_outcome(logger: Any, checkpoint: str | None, scores: dict[str, float]) -> None:
+    """At the end of a run: the adapters as a W&B ``model`` artifact, the STS table and scores.
 
-    if not isinstance(logger, WandbLogger):
+    ``checkpoint`` is ``best.ckpt`` (STSB-dev's pick) or ``last.ckpt``: LoRA weights, optimizer
+    state and config, megabytes even for a 2B model.
+    """
+    from lightning.pytorch.loggers import WandbLogger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if not isinstance(logger, WandbLogger) or rank_zero_only.rank != 0:
         return
-    rows = [[task, score] for task, score in scores.items()]
-    logger.log_table(key="sts/test_table", columns=["task", "spearman"], data=rows)
-    for task, score in scores.items():
-        logger.experiment.summary[f"sts/{task}"] = score
+    import wandb
+
+    run = logger.experiment
+    if checkpoint and Path(checkpoint).is_file():
+        artifact = wandb.Artifact(f"adapters-{run.id}", type="model", metadata=dict(scores))
+        artifact.add_file(checkpoint, name=Path(checkpoint).name)
+        run.log_artifact(artifact, aliases=[Path(checkpoint).stem])  # "best" or "last"
+    if scores:
+        rows = [[task, score] for task, score in scores.items()]
+        logger.log_table(key="sts/test_table", columns=["task", "spearman"], data=rows)
+        for task, score in scores.items():
+            run.summary[f"sts/{task}"] = score
 
 
 def finish(exit_code: int = 0) -> None:

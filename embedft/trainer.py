@@ -2,40 +2,50 @@
 
 ``build_trainer`` maps the typed trainer settings onto ``lightning.Trainer`` and adds the
 callbacks a run always has: ``ResumeCheckpoint`` (``last.ckpt``: by steps, by minutes, on
-preemption; exact resume) and, when STSB-dev validation is on (``eval.every_n_steps > 0``),
-``StsDevCallback`` + a ``ModelCheckpoint`` keeping ``best.ckpt`` by that score. Lightning runs
-``Checkpoint`` callbacks last and in list order, so ``best.ckpt`` of a step is written before
-that step's ``last.ckpt``.
+preemption; exact resume), ``StepMetrics`` (throughput, gradient norm, memory, similarities)
+and, when STSB-dev validation is on (``eval.every_n_steps > 0``), ``StsDevCallback`` + a
+``ModelCheckpoint`` keeping ``best.ckpt`` by that score. Lightning runs ``Checkpoint`` callbacks
+last and in list order, so ``best.ckpt`` of a step is written before that step's ``last.ckpt``.
+
+The triplet stream has no length, so Lightning's progress bar would show ``4/--`` and no ETA;
+``planned_progress_bar`` gives it the run's planned batches. ``log_every_n_steps`` is capped at
+the planned steps, so a short run still writes its metrics.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 
 from embedft.checkpoint import load_checkpoint
 from embedft.config import ConfigError, RunConfig
 from embedft.quiet import third_party_notices_hidden
 from embedft.results import Results
 from embedft.resume import Preempted, ResumeCheckpoint, cluster_plugins
+from embedft.step_metrics import StepMetrics
 
 
 @dataclass
 class RunCallbacks:
-    """The callbacks ``embedft.run`` reads after fit (the dev curve, the best checkpoint)."""
+    """The run's callbacks; ``embedft.run`` reads the dev curve and best checkpoint after fit."""
 
     last: ResumeCheckpoint
+    planned_steps: int
     dev: Any = None  # StsDevCallback, when validation is on
     best: ModelCheckpoint | None = None
+    bar: Any = None  # the progress bar, unless trainer.enable_progress_bar=false
+    metrics: StepMetrics = field(default_factory=StepMetrics)
 
     def as_list(self) -> list[Any]:
-        return [c for c in (self.dev, self.best) if c is not None] + [self.last]
+        extra = [c for c in (self.bar, self.dev, self.best) if c is not None]
+        return [self.metrics, *extra, self.last]
 
     def fit(
         self, trainer: L.Trainer, module: Any, datamodule: Any, resume_from: str | None
@@ -48,7 +58,7 @@ class RunCallbacks:
             if self.last.preempted_by is None:
                 raise Preempted("preempted by SIGTERM before a checkpoint was written") from None
 
-    def record(self, results: Results, trainer: L.Trainer, planned: int, started: float) -> None:
+    def record(self, results: Results, trainer: L.Trainer, started: float) -> None:
         """What fit did, into ``results``: steps, per-step losses, dev curve, best checkpoint."""
         last = self.last
         step = trainer.global_step or _saved_step(last.path)  # ddp_spawn: steps ran in children
@@ -57,7 +67,7 @@ class RunCallbacks:
             "wall_time_s": round(time.perf_counter() - started, 2),
             "final_loss": last.losses[-1] if last.losses else None,
             "losses": [round(x, 6) for x in last.losses],
-            "total_steps_planned": planned,
+            "total_steps_planned": self.planned_steps,
             "resumed_from": (results.train or {}).get("resumed_from"),
         }
         best = self.best.best_model_path if self.best is not None else ""
@@ -68,6 +78,12 @@ class RunCallbacks:
             results.error = (
                 f"preempted by {last.preempted_by} at step {step}; checkpoint {last.path}"
             )
+
+    def load_best(self, module: L.LightningModule) -> None:
+        """Put STSB-dev's best adapters into ``module`` (no-op without validation)."""
+        if self.best is not None and self.best.best_model_path:
+            best = load_checkpoint(self.best.best_model_path, key="best")
+            module.load_state_dict(best["state_dict"], strict=False)
 
 
 def _saved_step(last_path: Path) -> int:
@@ -87,13 +103,18 @@ def total_steps(cfg: RunConfig, batches_per_epoch: int | None) -> int:
     return max(1, batches_per_epoch * cfg.trainer.max_epochs // cfg.trainer.accumulate_grad_batches)
 
 
-def build_callbacks(cfg: RunConfig, ckpt_dir: Path, sts_dir: Path) -> RunCallbacks:
+def build_callbacks(
+    cfg: RunConfig, ckpt_dir: Path, sts_dir: Path, steps: int, batches_per_epoch: int | None
+) -> RunCallbacks:
+    """The run's callbacks; ``steps`` planned optimizer steps, ``batches_per_epoch`` if known."""
     from embedft.eval.callback import StsDevCallback
 
     t = cfg.trainer
     callbacks = RunCallbacks(
-        ResumeCheckpoint(ckpt_dir, t.save_every_n_steps, t.save_every_n_minutes)
+        ResumeCheckpoint(ckpt_dir, t.save_every_n_steps, t.save_every_n_minutes), steps
     )
+    if t.enable_progress_bar:
+        callbacks.bar = planned_progress_bar(steps, batches_per_epoch)
     if cfg.eval.every_n_steps > 0:
         callbacks.dev = StsDevCallback(
             sts_dir, cfg.eval.every_n_steps, cfg.eval.batch_size, source=cfg.eval.source
@@ -127,7 +148,7 @@ def build_trainer(
             accumulate_grad_batches=t.accumulate_grad_batches,
             # Gradient caching steps the optimizer itself and clips there (EmbeddingModule).
             gradient_clip_val=None if cfg.embed.grad_cache_chunk_tokens else t.gradient_clip_val,
-            log_every_n_steps=t.log_every_n_steps,
+            log_every_n_steps=min(t.log_every_n_steps, callbacks.planned_steps),
             deterministic=t.deterministic,
             enable_progress_bar=t.enable_progress_bar,
             logger=logger,
@@ -137,3 +158,40 @@ def build_trainer(
             num_sanity_val_steps=0,
             limit_val_batches=0,
         )
+
+
+class _PlannedTotal:
+    """A progress bar whose epoch total is the run's planned batches of that epoch.
+
+    Exact without gradient accumulation; with it, the last epoch may end a few batches off.
+    With no known epoch length (a hub stream) the run is taken to end in its first epoch.
+    """
+
+    def __init__(self, planned_steps: int, batches_per_epoch: int | None) -> None:
+        super().__init__()
+        self.planned_steps, self.batches_per_epoch = planned_steps, batches_per_epoch
+
+    @property
+    def total_train_batches(self) -> int:
+        trainer, per_epoch = self.trainer, self.batches_per_epoch
+        planned = self.planned_steps * trainer.accumulate_grad_batches
+        if per_epoch is None:
+            return planned
+        return max(0, min(per_epoch, planned - trainer.current_epoch * per_epoch))
+
+
+class PlannedTqdmBar(_PlannedTotal, TQDMProgressBar):
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        # A resume in mid-epoch skips on_train_epoch_start, where the total is otherwise set.
+        self.train_progress_bar.total = self.total_train_batches
+
+
+class PlannedRichBar(_PlannedTotal, RichProgressBar):
+    pass  # rich asks total_train_batches at epoch start and on a mid-epoch resume's first batch
+
+
+def planned_progress_bar(planned_steps: int, batches_per_epoch: int | None) -> Any:
+    """Lightning's default bar (rich when installed, else tqdm) with the planned total."""
+    bar = PlannedRichBar if _RICH_AVAILABLE else PlannedTqdmBar
+    return bar(planned_steps, batches_per_epoch)

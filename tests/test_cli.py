@@ -4,6 +4,7 @@ that command's keys only, the writing tools leave nothing but their output, erro
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from embedft import encode, evaluate, export, prepare_nli, report
-from embedft.cli import FOOTER, field_comments, one_line_errors
+from embedft.cli import FOOTER, field_comments, one_line_errors, override
 from embedft.model import sources
 from embedft.paths import repo_root
 from tests.conftest import run_cli
@@ -130,3 +131,29 @@ def test_an_expected_error_is_one_line_and_exit_code_2(capsys):
     # An error the tool does not expect is not hidden
     with pytest.raises(KeyError), one_line_errors("embedft.x", ValueError):
         raise KeyError("bug")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "/runs/a/checkpoints/best.ckpt",
+        "multirun/x/0_loss.hard_neg=true,model=gemma/checkpoints/best.ckpt",
+        'with space/it\'s/a "quote"/back\\slash\\',
+        "123",
+        "true",
+        "données",
+    ],
+)
+def test_override_reads_back_as_the_same_string_through_shell_and_hydra(value):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    # Given a value written as one override word; When a shell and then Hydra read it
+    (word,) = shlex.split(override("ckpt", value))
+    parsed = OverridesParser.create().parse_override(word)
+    # Then Hydra gets back the key and exactly that string
+    assert (parsed.key_or_group, parsed.value()) == ("ckpt", value)
+
+
+def test_override_leaves_plain_paths_unquoted():
+    assert override("ckpt", "/runs/a/best.ckpt") == "ckpt=/runs/a/best.ckpt"
+    assert override("ckpt", "x/0_model=gemma") == """'ckpt="x/0_model=gemma"'"""

@@ -65,3 +65,46 @@ def test_gpus_preset_jobs_each_hold_their_own_gpu(tmp_path, monkeypatch):
     assert time.monotonic() - started >= 0.45
     for handle in launch._HELD_GPU_LOCKS:
         handle.close()
+
+
+def _multirun_yaml(tmp_path, overrides):
+    """The multirun.yaml Hydra's sweeper saves: the composed config of the sweep's command line."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from embedft.paths import conf_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("run", overrides, return_hydra_config=True)
+    OmegaConf.save(cfg, tmp_path / "multirun.yaml")
+    return tmp_path / "multirun.yaml"
+
+
+def test_swept_keys_are_those_the_sweep_gives_several_values(tmp_path):
+    from omegaconf import OmegaConf
+
+    from embedft.launch import swept_keys
+
+    # Given the paper grid with lora.r pinned on the command line and a key set to one value
+    grid = _multirun_yaml(tmp_path, ["experiment=paper_grid", "lora.r=8", "trainer.max_steps=2"])
+    # Then the grid's other keys are swept, the pinned and single-valued ones not
+    assert swept_keys(grid) == {"model", "loss.hard_neg"}
+    # Given a command-line sweep, one of whose "sweeps" repeats a value (as Hydra saves it)
+    line = ["loss.hard_neg=true,false", "seed=7,7", "optim.lr=range(1,3)", "data.batch_size=8"]
+    saved = tmp_path / "cli.yaml"
+    OmegaConf.save({"hydra": {"sweeper": {"params": None}, "overrides": {"task": line}}}, saved)
+    assert swept_keys(saved) == {"loss.hard_neg", "optim.lr"}
+    # And a sweep dir without the file (another sweeper) has no known swept keys
+    assert swept_keys(tmp_path / "absent.yaml") == set()
+
+
+def test_sweep_names_are_readable():
+    from pathlib import Path
+
+    from embedft.launch import sweep_name
+
+    stamp = "2026-01-02_03-04-05_ab12cd34"
+    assert sweep_name(Path(f"multirun/paper_grid/{stamp}"), "paper_grid") == f"paper_grid-{stamp}"
+    assert sweep_name(Path(f"multirun/train/{stamp}"), None) == f"sweep-{stamp}"
+    assert sweep_name(Path("multirun/offline_finetune"), "offline_finetune") == "offline_finetune"
+    assert sweep_name(Path("/tmp/sweep-wb"), None) == "sweep-wb"

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from embedft.config import EvalConfig
 from embedft.eval.sts import (
     STS_METRICS,
     StsDataError,
+    check_eval_data,
     cosine_spearman,
     evaluate_sts,
     load_task,
@@ -146,6 +148,23 @@ def test_missing_file_error_names_path_and_layout(tmp_path):
     expected = tmp_path / "sts/STS17/STS2017.eval.v1.1/STS.input.track5.en-en.txt"
     assert str(expected) in str(err.value)
     assert "sentence1<TAB>sentence2" in str(err.value)
+
+
+def test_eval_data_check_covers_what_the_run_will_read(tmp_path):
+    # Given a data directory holding STS17 only
+    _sts17_dir(tmp_path, ["a\tb"], ["1"])
+    # Then the test table alone passes; STSB-dev validation would read a missing file
+    check_eval_data(EvalConfig(tasks=["STS17"], every_n_steps=0), tmp_path)
+    with pytest.raises(StsDataError) as err:
+        check_eval_data(EvalConfig(tasks=["STS17"], every_n_steps=10), tmp_path)
+    assert f"under {tmp_path / 'sts'}: STSBenchmark (dev): " in str(err.value)
+    assert "STS17" not in str(err.value) and "eval.source=hub" in str(err.value)
+    # And the test table is not checked when it is not scored, nothing when the hub serves it
+    check_eval_data(EvalConfig(tasks=["SICK-R"], after_fit=False, every_n_steps=0), tmp_path)
+    check_eval_data(EvalConfig(tasks=["SICK-R"], source="hub"), tmp_path)
+    # And load_tasks names every task missing, not only the first
+    with pytest.raises(StsDataError, match=r"SICK-R: SICK-R/.*; BIOSSES: BIOSSES/.* and 1 more"):
+        load_tasks(["STS17", "SICK-R", "BIOSSES"], tmp_path)
 
 
 def test_unknown_task_error_lists_known_tasks(tmp_path):

@@ -24,8 +24,9 @@ import pytest
 
 from embedft import tracking
 from embedft.config import LoggerConfig
+from embedft.launch import JobContext
 from embedft.paths import repo_root
-from embedft.tracking import name_from_overrides, wandb_mode, wandb_server_reachable
+from embedft.tracking import name_from_overrides, sweep_tags, wandb_mode, wandb_server_reachable
 
 _BLOCK = 32768
 _FULL, _LAST = 1, 4
@@ -58,12 +59,23 @@ def read_wandb_records(path: Path):
 def summarise(path: Path) -> dict:
     """The parts of one offline run the tests look at."""
     out: dict = {"history": [], "summary": {}, "config": {}, "exit_code": None}
+    out.update(metrics={}, artifacts=[])
     for record in read_wandb_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run = record.run
             out.update(name=run.display_name, group=run.run_group, project=run.project)
-            out["tags"] = list(run.tags)
+            out.update(tags=list(run.tags), job_type=run.job_type)
+        elif kind == "metric":  # define_metric: {name or glob: (step metric, summaries)}
+            metric, summary = record.metric, record.metric.summary
+            kept = [f.name for f in summary.DESCRIPTOR.fields if getattr(summary, f.name)]
+            out["metrics"][metric.name or metric.glob_name] = (metric.step_metric, kept)
+        elif kind == "artifact":
+            artifact = record.artifact
+            files = [entry.path for entry in artifact.manifest.contents]
+            out["artifacts"].append(
+                {"type": artifact.type, "aliases": list(artifact.aliases), "files": files}
+            )
         elif kind == "config":
             out["config"].update({i.key: json.loads(i.value_json) for i in record.config.update})
         elif kind == "history":
@@ -95,6 +107,14 @@ def test_run_name_comes_from_the_overrides_that_say_what_is_trained():
     assert name_from_overrides(["loss.hard_neg=false", "model=phi2"]) == "phi2-nohardneg"
 
 
+def test_tags_are_the_swept_overrides_as_the_name_writes_them():
+    # Given a sweep job's overrides of the swept keys, one of which names no part of a run name
+    swept = ["model=gemma", "lora.r=16", "optim.lr=5e-4", "data.path=/data/a.csv"]
+    # Then each is one tag, as the run name writes it, or key=value
+    assert sweep_tags(swept) == ["gemma", "r16", "lr5e-4", "data.path=/data/a.csv"]
+    assert sweep_tags(["loss.hard_neg=true", "loss.hard_neg=false"]) == ["hardneg", "nohardneg"]
+
+
 @pytest.fixture
 def no_credentials(monkeypatch, tmp_path):
     """No WANDB_MODE, no API key, no proxy and a home without a netrc."""
@@ -110,7 +130,9 @@ def no_credentials(monkeypatch, tmp_path):
 def test_the_logger_does_not_pass_wandb_the_deprecated_anonymous_setting(tmp_path):
     # Given a W&B logger as embedft builds it (Lightning 2.6 adds anonymous=None, which wandb
     # 0.31 warns about on every run); Then wandb.init gets no `anonymous` key
-    logger = tracking.build_logger(LoggerConfig(kind="wandb", mode="disabled"), tmp_path, [], None)
+    logger = tracking.build_logger(
+        LoggerConfig(kind="wandb", mode="disabled"), tmp_path, JobContext()
+    )
     assert "anonymous" not in logger._wandb_init
     assert logger._wandb_init["id"] and logger._wandb_init["project"] == "embedft"
 
@@ -188,7 +210,7 @@ def test_reader_follows_records_across_32k_blocks(tmp_path, monkeypatch):
 @pytest.mark.slow  # two training jobs with STS evaluation in a subprocess: ~40-90 s
 def test_a_sweep_logs_config_curves_and_table_then_finishes_each_run(tmp_path, shared_data):
     # Given a 2-job sweep (hard negatives on/off) logging to W&B offline, with STSB-dev every
-    # step and one small test task after fit
+    # step and one small test task after fit (the one test that lets W&B write its files)
     data = tmp_path / "triplets.csv"
     data.write_text(
         "sent0,sent1,hard_neg\n"
@@ -223,13 +245,14 @@ def test_a_sweep_logs_config_curves_and_table_then_finishes_each_run(tmp_path, s
         assert len(found) == 1, f"job {job}: {found}"
         files[job], runs[job] = found[0], summarise(found[0])
 
-    # Then each run is named by its overrides (those that say where it runs left out), grouped
-    # by the sweep, in the configured project
+    # Then each run is named by its overrides (those that say where it runs left out), tagged
+    # by the swept key only, grouped by the sweep's name, a training job in the configured project
     rest = "datalocal-batch_size4-max_steps2-warmup_steps1"
     assert runs["0"]["name"] == f"tiny_llama-hardneg-r4-{rest}"
     assert runs["1"]["name"] == f"tiny_llama-nohardneg-r4-{rest}"
-    assert runs["0"]["tags"] == ["tiny_llama", "hardneg", "r4", *rest.split("-")]
+    assert (runs["0"]["tags"], runs["1"]["tags"]) == (["hardneg"], ["nohardneg"])
     assert {r["group"] for r in runs.values()} == {"sweep-wb"}
+    assert {r["job_type"] for r in runs.values()} == {"train"}
     assert {r["project"] for r in runs.values()} == {"embedft-test"}
     for job, hard_neg in (("0", True), ("1", False)):
         run = runs[job]
@@ -243,6 +266,20 @@ def test_a_sweep_logs_config_curves_and_table_then_finishes_each_run(tmp_path, s
         assert len(losses) == 2 and all(x > 0 for x in losses)
         assert rates and rates[0] > 0
         assert len(dev) == 2 and all(-100 <= x <= 100 for x in dev)
+        # And every metric is plotted against the optimizer step, STSB-dev summarised by its max
+        assert run["metrics"]["*"] == ("trainer/global_step", [])
+        assert run["metrics"]["val/stsb_spearman"] == ("trainer/global_step", ["max"])
+        assert run["summary"]["val/stsb_spearman"] == {"max": pytest.approx(max(dev))}
+        # And each step's throughput, memory, gradient norm and similarity gap
+        steps = [h for h in run["history"] if "train/loss" in h]
+        for key in ("perf/triplets_per_s", "perf/tokens_per_s", "perf/peak_mem_gib"):
+            assert all(h[key] > 0 for h in steps), key
+        assert all(h["train/grad_norm"] > 0 for h in steps)
+        gaps = [(h["train/cos_gap"], h["train/cos_pos"] - h["train/cos_neg"]) for h in steps]
+        assert all(gap == pytest.approx(diff, abs=1e-5) for gap, diff in gaps)
+        # And the best adapters as a model artifact
+        model = [a for a in run["artifacts"] if a["type"] == "model"]
+        assert model == [{"type": "model", "aliases": ["latest", "best"], "files": ["best.ckpt"]}]
         # And the final STS table, also as summary values equal to results.json's
         results = json.loads((sweep / job / "results.json").read_text())
         table_path = next(
@@ -254,3 +291,6 @@ def test_a_sweep_logs_config_curves_and_table_then_finishes_each_run(tmp_path, s
         assert run["summary"]["sts/BIOSSES"] == pytest.approx(results["sts"]["BIOSSES"])
         # And wandb.finish() closed it (an exit record) before the next job started its own
         assert run["exit_code"] == 0
+    # And each job ended by printing its table, checkpoint and export command
+    assert result.stdout.count("run completed: ") == 2
+    assert result.stdout.count(f"python -m embedft.export ckpt={sweep}/") == 2

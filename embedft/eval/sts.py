@@ -9,6 +9,9 @@ BIOSSES, SICK-R); this module only follows its rows. Each task loads from
   ``embedft.eval.readers``), ``split="dev"`` for STSBenchmark's validation set;
 * or the hub (``load_task_from_hub``): the row's MTEB dataset, at the revision MTEB pins.
 
+``check_local_files`` (run by ``load_tasks``, and by ``embedft.run`` for everything a training
+run will read, before any model loads) names every missing file at once and the ways out.
+
 Score (``cosine_spearman``): Spearman x 100 between the gold scores and the cosine similarity of
 the two embeddings, computed as MTEB's STS evaluator does (``1 - paired_cosine_distances``, then
 ``scipy.stats.spearmanr(gold, cosine)``). MTEB also rescales gold scores to [0, 1]; an affine
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
@@ -49,6 +53,8 @@ STS_METRICS = (
     "euclidean_spearman",
     "main_score",
 )
+if TYPE_CHECKING:
+    from embedft.config import EvalConfig
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,57 @@ def load_tasks(
         get_task(task, split)
     if source == "hub":
         return {task: load_task_from_hub(task, split) for task in tasks}
+    check_local_files([(task, split) for task in tasks], data_dir)
     return {task: load_task(task, data_dir, split) for task in tasks}
+
+
+def check_local_files(
+    wanted: list[tuple[str, str]], data_dir: str | Path | None = None, hint: str = ""
+) -> None:
+    """``StsDataError`` if files of the ``(task, split)`` pairs in ``wanted`` are missing.
+
+    The message names, for each such task, its first missing file and how many more are missing.
+    """
+    from embedft.paths import data_dir as default_data_dir
+
+    sts_dir = Path(data_dir if data_dir is not None else default_data_dir()) / "sts"
+    missing = {
+        (task, split): [
+            p for p in get_task(task, split).local_paths(sts_dir, split) if not p.is_file()
+        ]
+        for task, split in wanted
+    }
+    missing = {key: paths for key, paths in missing.items() if paths}
+    if not missing:
+        return
+    each = []
+    for (task, split), paths in missing.items():
+        more = f" and {len(paths) - 1} more" if len(paths) > 1 else ""
+        name = task if split == "test" else f"{task} ({split})"
+        each.append(f"{name}: {paths[0].relative_to(sts_dir)}{more}")
+    raise StsDataError(
+        f"STS data missing under {sts_dir}: {'; '.join(each)}. "
+        f"The data directory is paths.data_dir, else $EMBEDFT_DATA_DIR, else "
+        f"shared/data next to the checkout (layout: shared/data/README.md): point one of them "
+        f"at the offline STS copies, or read MTEB's datasets from the hub with eval.source=hub"
+        f"{hint}."
+    )
+
+
+def check_eval_data(eval_cfg: EvalConfig, data_dir: str | Path | None = None) -> None:
+    """Before training: the local files of everything a run's ``eval`` config will read.
+
+    The after-fit test table (``eval.tasks`` at ``eval.split``, if ``eval.after_fit``) and
+    STSBenchmark dev (if ``eval.every_n_steps > 0``); nothing with ``eval.source=hub``.
+    """
+    if eval_cfg.source != "local":
+        return
+    wanted = [(task, eval_cfg.split) for task in eval_cfg.tasks] if eval_cfg.after_fit else []
+    if eval_cfg.every_n_steps > 0:
+        wanted.append(("STSBenchmark", "dev"))
+    check_local_files(
+        wanted, data_dir, hint=" (or leave them out: eval.after_fit=false, eval.every_n_steps=0)"
+    )
 
 
 def paired_cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
