@@ -20,7 +20,6 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from embedft import resume
@@ -29,7 +28,7 @@ from embedft.data.datamodule import TripletDataModule, check_data
 from embedft.extras import launcher_error
 from embedft.launch import JobContext, claim_gpus, is_rank_zero, job_context, on_gpu
 from embedft.losses import build_loss
-from embedft.model.embedder import build_embedder, resolve_dtype
+from embedft.model.embedder import build_embedder, compile_layers, resolve_dtype
 from embedft.module import EmbeddingModule
 from embedft.paths import conf_dir, data_dir
 from embedft.results import Results
@@ -113,7 +112,7 @@ def fit_and_evaluate(cfg: RunConfig, out: Path, job: JobContext, results: Result
         run_state={"wandb_id": wandb_run_id(logger)},
     )
     if cfg.trainer.compile:
-        module.embedder.backbone = torch.compile(module.embedder.backbone)
+        compile_layers(module.embedder.backbone)
     callbacks = build_callbacks(cfg, out / "checkpoints", sts_dir, steps, batches)
     trainer = build_trainer(cfg, out, logger, callbacks, gpu)
     if logger:

@@ -101,7 +101,8 @@ ABLATIONS: dict[str, tuple[str, list[str], str | None]] = {
         None,
     ),
     "compile": (
-        "torch.compile of the backbone (trainer.compile); one more warm-up step for recompiling",
+        "torch.compile of every decoder layer, dynamic shapes (trainer.compile); one more "
+        "warm-up step for compiling",
         ["trainer.compile=true"],
         None,
     ),
@@ -298,7 +299,7 @@ def worker_embedft(args) -> None:
 
     from embedft.data.datamodule import TripletDataModule, check_data
     from embedft.losses.infonce import InfoNCELoss
-    from embedft.model.embedder import build_embedder
+    from embedft.model.embedder import build_embedder, compile_layers
     from embedft.model.sources import resolve_model_dir
     from embedft.module import EmbeddingModule
 
@@ -337,7 +338,7 @@ def worker_embedft(args) -> None:
         None if args.no_init_check else embedft_loss_at_init(module, args.batch_size, cfg.model)
     )
     if cfg.trainer.compile:
-        module.embedder.backbone = torch.compile(module.embedder.backbone)
+        compile_layers(module.embedder.backbone)
     targets = list(cfg.lora.target_modules or cfg.model.lora_target_modules)
     hf_config = embedder.backbone.config
 

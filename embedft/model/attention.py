@@ -147,6 +147,7 @@ def _bucket_attention(
     return out.view(n, kv, length, group, dim).permute(0, 2, 1, 3, 4).reshape(n, length, -1, dim)
 
 
+@torch.compiler.disable  # a Python loop over buckets: compiled layers call it as it is
 def varlen_attention(
     module: torch.nn.Module,
     query: torch.Tensor,

@@ -208,6 +208,22 @@ def build_embedder(
     return embedder.to(device)
 
 
+def compile_layers(backbone: nn.Module) -> None:
+    """``torch.compile`` every decoder layer, with dynamic shapes (``trainer.compile``).
+
+    Layer by layer ("regional" compilation): the layers share one compiled graph, so compiling
+    costs one layer's time, and dynamic shapes keep a batch of new lengths from recompiling.
+    The fusions are in the norms, activations, rotary embeddings and casts between the matmuls;
+    text-by-text attention (``embedft.model.attention``) stays eager: a graph break.
+    """
+    base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        raise ValueError(f"trainer.compile: {type(base).__name__} has no .layers to compile")
+    for layer in layers:
+        layer.compile(dynamic=True)
+
+
 def trainable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     """Only the parameters that train (the LoRA adapters): what a checkpoint needs to hold."""
     return {n: p.detach().cpu() for n, p in module.named_parameters() if p.requires_grad}
