@@ -14,6 +14,7 @@ the planned steps, so a short run still writes its metrics.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ from embedft.quiet import third_party_notices_hidden
 from embedft.results import Results
 from embedft.resume import Preempted, ResumeCheckpoint, cluster_plugins
 from embedft.step_metrics import StepMetrics
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -93,14 +96,33 @@ def _saved_step(last_path: Path) -> int:
 
 
 def total_steps(cfg: RunConfig, batches_per_epoch: int | None) -> int:
-    """Optimizer steps the run will take (the LR schedule's length)."""
-    if cfg.trainer.max_steps > 0:
-        return cfg.trainer.max_steps
-    if batches_per_epoch is None:
+    """Optimizer steps the run will take (the LR schedule's length).
+
+    Lightning stops at whichever of ``trainer.max_steps`` and ``trainer.max_epochs`` comes first,
+    so with a known epoch length the schedule is planned for the earlier one: a cosine planned for
+    max_steps but cut by the epoch limit would never decay.
+    """
+    t = cfg.trainer
+    by_epochs = (
+        None
+        if batches_per_epoch is None
+        else max(1, batches_per_epoch * t.max_epochs // t.accumulate_grad_batches)
+    )
+    if t.max_steps > 0:
+        if by_epochs is not None and by_epochs < t.max_steps:
+            log.warning(
+                "trainer.max_epochs=%d ends the run after %d optimizer steps, before "
+                "trainer.max_steps=%d: the LR schedule is planned for %d steps (raise "
+                "trainer.max_epochs to train %d)", t.max_epochs, by_epochs, t.max_steps,
+                by_epochs, t.max_steps,
+            )  # fmt: skip
+            return by_epochs
+        return t.max_steps
+    if by_epochs is None:
         raise ConfigError(
             "the data stream has no known length: set data.num_examples or trainer.max_steps"
         )
-    return max(1, batches_per_epoch * cfg.trainer.max_epochs // cfg.trainer.accumulate_grad_batches)
+    return by_epochs
 
 
 def build_callbacks(
