@@ -108,7 +108,7 @@ def child(work: Path) -> None:
     embedder = build()
     datamodule = TripletDataModule.for_run(cfg, embedder.tokenizer, check_data(cfg.data))
     module = EmbeddingModule(embedder, build_loss(cfg.loss), cfg.optim, total_steps=1)
-    callbacks = build_callbacks(cfg, work / "checkpoints", work)
+    callbacks = build_callbacks(cfg, work / "checkpoints", work, cfg.trainer.max_steps, None)
     trainer = build_trainer(cfg, work, False, callbacks, gpu=False)
     record: dict = {"rank_zero_by_env": is_rank_zero()}
 

@@ -74,7 +74,7 @@ def summarise(path: Path) -> dict:
             artifact = record.artifact
             files = [entry.path for entry in artifact.manifest.contents]
             out["artifacts"].append(
-                {"type": artifact.type, "aliases": list(artifact.aliases), "files": files}
+                {"type": artifact.type, "aliases": sorted(artifact.aliases), "files": files}
             )
         elif kind == "config":
             out["config"].update({i.key: json.loads(i.value_json) for i in record.config.update})
@@ -279,7 +279,7 @@ def test_a_sweep_logs_config_curves_and_table_then_finishes_each_run(tmp_path, s
         assert all(gap == pytest.approx(diff, abs=1e-5) for gap, diff in gaps)
         # And the best adapters as a model artifact
         model = [a for a in run["artifacts"] if a["type"] == "model"]
-        assert model == [{"type": "model", "aliases": ["latest", "best"], "files": ["best.ckpt"]}]
+        assert model == [{"type": "model", "aliases": ["best", "latest"], "files": ["best.ckpt"]}]
         # And the final STS table, also as summary values equal to results.json's
         results = json.loads((sweep / job / "results.json").read_text())
         table_path = next(
