@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "multirun" / "offline_best"
 OUT = REPO / "experiments" / "results" / "offline_best"
@@ -47,7 +49,8 @@ BASE_ROWS = REPO / "experiments" / "results" / "offline_paper" / "jobs" / "offli
 ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
        "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
 
-FULL_STEPS = 180  # the recipe's trainer.max_steps (conf/experiment/offline_best.yaml)
+# the recipe's own budget, read from its yaml (a trial that restores it repeats no number)
+RECIPE = OmegaConf.load(REPO / "conf" / "experiment" / "offline_best.yaml")
 SEARCH_STEPS = 100  # per search trial (batch 64: 6,400 triplets, ~0.7 epoch)
 SEARCH_BASE = [
     "experiment=offline_best",
@@ -79,9 +82,9 @@ SEARCH: dict[str, list[str]] = {
     # on dev (84.4-85.2) than the 100-step trials, so the 100-step lr comparison may not carry over
     "full_budget_lr_5e-4": [
         "optim.lr=5e-4",
-        f"trainer.max_steps={FULL_STEPS}",
-        "optim.warmup_steps=20",
-        "eval.every_n_steps=90",
+        f"trainer.max_steps={RECIPE.trainer.max_steps}",
+        f"optim.warmup_steps={RECIPE.optim.warmup_steps}",
+        f"eval.every_n_steps={RECIPE.eval.every_n_steps}",
     ],  # fmt: skip
 }
 SEEDS = (7, 8, 9)
