@@ -72,6 +72,8 @@ SEARCH: dict[str, list[str]] = {
     "temperature_0.02": ["loss.temperature=0.02"],
     "prompt_is": ['model.prompt="{s} is: "'],  # Hydra quoting (no shell between)
     "mask_duplicates": ["loss.mask_duplicate_positives=true"],
+    "pooling_mean": ["model.pooling=mean"],  # mean of the text's tokens instead of its EOS
+    "symmetric_loss": ["loss=symmetric_infonce"],  # + positive -> anchor, as CLIP
     "batch_128": [
         "data.batch_size=128",
         f"trainer.max_steps={SEARCH_STEPS // 2}",
