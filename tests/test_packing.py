@@ -16,6 +16,7 @@ from embedft.model.packing import (
     can_pack,
     embed_in_sub_batches,
     pack_texts,
+    packed_mean,
     token_chunks,
     trim_padding,
 )
@@ -46,6 +47,19 @@ def test_pack_texts_layout_by_hand():
     assert last.tolist() == [[0, 1, 0], [2, 1, 5]]
 
 
+def test_packed_mean_averages_each_texts_own_tokens_by_hand():
+    # Given the packed layout above and hidden states equal to each token's id (H = 1)
+    ids = torch.tensor([[11, 12, 2, 0], [21, 2, 0, 0], [0, 31, 32, 2]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [0, 1, 1, 1]])
+    packed, positions, last = pack_texts(ids, mask, pack_len=6)
+    hidden = packed.unsqueeze(-1).to(torch.bfloat16)  # (2, 6, 1)
+    # When mean pooled; Then each text averages its own tokens only (not its row neighbour's,
+    # not the tail), in float32, in the input order
+    means = packed_mean(hidden, positions, last)
+    assert means.dtype == torch.float32
+    torch.testing.assert_close(means.flatten(), torch.tensor([25 / 3, 23 / 2, 65 / 3]))
+
+
 def test_trim_padding_cuts_the_columns_no_row_attends():
     # Given rows padded on both sides beyond what any of them needs
     ids = torch.tensor([[0, 5, 6, 0, 0], [0, 0, 7, 8, 0]])
@@ -66,9 +80,9 @@ def test_token_chunks_by_hand():
     assert token_chunks(lengths, 1) == [1] * 6
 
 
-def test_only_last_token_pooling_on_a_known_family_can_pack():
+def test_a_known_family_can_pack_with_last_or_mean_pooling():
     assert can_pack("llama", "last") and can_pack("gemma3_text", "last")
-    assert not can_pack("llama", "mean")  # mean pooling reads every token, not one per text
+    assert can_pack("llama", "mean") and not can_pack("llama", "max")
     assert not can_pack("bert", "last") and not can_pack(None, "last")
 
 
@@ -108,14 +122,18 @@ def _family_embedder(name: str, use_cache: bool) -> Embedder:
     return embedder
 
 
-@pytest.mark.parametrize("use_cache", [False, True])
+@pytest.mark.parametrize(
+    ("use_cache", "pooling"), [(False, "last"), (True, "last"), (False, "mean")]
+)
 @pytest.mark.parametrize("name", FAMILIES)
-def test_packed_texts_embed_as_padded_ones_in_every_family(name, use_cache):
+def test_packed_texts_embed_as_padded_ones_in_every_family(name, use_cache, pooling):
     # Given a LoRA embedder of each packable family, its config saying use_cache (with a KV
     # cache transformers would let packed texts attend to each other), and texts of very
-    # different lengths; tiny_gemma3 has a sliding window of 8 tokens, shorter than some
+    # different lengths; tiny_gemma3 has a sliding window of 8 tokens, shorter than some.
+    # Mean pooling: each text's mean must hold its own tokens only, none of its row neighbours'
     padded_model = _family_embedder(name, use_cache)
     packed_model = _family_embedder(name, use_cache)
+    padded_model.pooling = packed_model.pooling = pooling
     assert packed_model.supports_packing
     batch = padded_model.tokenize(ANCHORS + POSITIVES + NEGATIVES)
     # When one embeds the padded rows and the other the same texts packed 20 tokens a row
@@ -150,11 +168,14 @@ def test_embed_packs_when_the_backbone_can_and_sub_batches_otherwise():
     torch.testing.assert_close(module.embed_batch(batch), expected, atol=1e-5, rtol=1e-4)
     lengths = batch["attention_mask"].sum(dim=1).sort(descending=True).values.tolist()
     assert calls == [(4, lengths[0]), (4, lengths[4]), (1, lengths[8])]
-    # When the pooling cannot read one token per text (mean): sub-batches, whatever pack_len says
+    # When the backbone is no family that masks packed texts apart: sub-batches, whatever
+    # pack_len says
     calls.clear()
-    embedder.pack_len, embedder.pooling = 128, "mean"
+    embedder.pack_len = 128
+    embedder.backbone.config.model_type = "bert"
     assert not embedder.supports_packing
-    assert module.embed_batch(batch).shape == expected.shape and "packed" not in calls
+    torch.testing.assert_close(module.embed_batch(batch), expected, atol=1e-5, rtol=1e-4)
+    assert "packed" not in calls
 
 
 def test_a_call_may_override_the_embedders_layout():

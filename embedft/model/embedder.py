@@ -21,7 +21,7 @@ from transformers import AutoModel, PreTrainedTokenizerBase
 from embedft.config import EmbedConfig, LoraConfig, ModelConfig
 from embedft.model.attention import VARLEN, PackedLayout, packed_call
 from embedft.model.lora import apply_lora, lora_compute
-from embedft.model.packing import can_pack, embed_in_sub_batches, pack_texts
+from embedft.model.packing import can_pack, embed_in_sub_batches, pack_texts, packed_mean
 from embedft.model.pooling import pool
 from embedft.model.tokenize import tokenize_with_eos
 
@@ -107,7 +107,7 @@ class Embedder(nn.Module):
 
     @property
     def supports_packing(self) -> bool:
-        """Last-token pooling on a backbone that masks packed texts apart (see forward_packed)."""
+        """A backbone that masks packed texts apart (see forward_packed), last or mean pooling."""
         return can_pack(getattr(self.backbone.config, "model_type", None), self.pooling)
 
     def forward_packed(
@@ -135,6 +135,8 @@ class Embedder(nn.Module):
                 **extra,
             )
         hidden = out.last_hidden_state  # (R, W, H)
+        if self.pooling == "mean":
+            return F.normalize(packed_mean(hidden, position_ids, last_token), dim=-1)
         return F.normalize(hidden[last_token[0], last_token[1]].float(), dim=-1)
 
     @torch.inference_mode()

@@ -6,7 +6,8 @@ activation memory follow the padded size. Two layouts avoid most of it:
 
 * ``pack_texts``: the texts end to end in rows of ``pack_len`` tokens with no padding at all,
   positions restarting at 0 for every text. Only for backbones whose transformers forward then
-  keeps texts apart (``can_pack``) and for last-token pooling (one token per text is read).
+  keeps texts apart (``can_pack``); last-token pooling reads each text's EOS, mean pooling
+  averages each text's own tokens (``packed_mean``).
 * ``embed_in_sub_batches``: length-sorted sub-batches of ``max_rows`` rows, each cut to its own
   longest row (``trim_padding``): the fallback (SmolLM2, batch 60: ~1.9 padded tokens per real one).
 
@@ -31,8 +32,30 @@ PACKABLE_MODEL_TYPES = ("llama", "gemma", "gemma3_text", "phi", "minicpm")
 
 
 def can_pack(model_type: str | None, pooling: str) -> bool:
-    """Whether texts of this backbone may be packed: a family above and last-token pooling."""
-    return pooling == "last" and model_type in PACKABLE_MODEL_TYPES
+    """Whether texts of this backbone may be packed: a family above, last or mean pooling."""
+    return pooling in ("last", "mean") and model_type in PACKABLE_MODEL_TYPES
+
+
+def packed_mean(
+    hidden: torch.Tensor, position_ids: torch.Tensor, last_token: torch.Tensor
+) -> torch.Tensor:
+    """Mean (N, H) in float32 of each packed text's hidden states, as ``pool_mean`` of its row.
+
+    ``hidden`` (R, W, H) and ``position_ids`` (R, W) as ``pack_texts`` laid them out; a text ends
+    at ``last_token`` (2, N) and, its positions counting from 0, starts ``position + 1`` tokens
+    earlier. Sums by ``index_add`` over the texts' own tokens only: the unused row tails and the
+    other texts of a row never enter a mean.
+    """
+    rows, ends = last_token
+    lengths = position_ids[rows, ends] + 1  # (N,)
+    text = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)
+    within = (
+        torch.arange(int(lengths.sum()), device=hidden.device) - (lengths.cumsum(0) - lengths)[text]
+    )
+    columns = ends[text] - (lengths[text] - 1) + within  # (T,) every token of every text
+    tokens = hidden[rows[text], columns].float()  # (T, H)
+    sums = tokens.new_zeros((len(lengths), hidden.shape[-1])).index_add_(0, text, tokens)
+    return sums / lengths[:, None].to(sums.dtype)
 
 
 def trim_padding(

@@ -26,9 +26,9 @@ def pool_last_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch
 
 
 def pool_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of the hidden states over attended positions."""
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # (B, H)
+    """Mean of the hidden states over attended positions, summed in float32 (bf16 backbones)."""
+    mask = attention_mask.unsqueeze(-1).float()  # (B, T, 1)
+    return (hidden.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # (B, H)
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
