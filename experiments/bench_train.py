@@ -101,8 +101,8 @@ ABLATIONS: dict[str, tuple[str, list[str], str | None]] = {
         None,
     ),
     "compile": (
-        "torch.compile of every decoder layer, dynamic shapes (trainer.compile); one more "
-        "warm-up step for compiling",
+        "torch.compile of every decoder layer's norms and MLP, dynamic shapes "
+        "(trainer.compile); one more warm-up step for compiling",
         ["trainer.compile=true"],
         None,
     ),

@@ -73,3 +73,12 @@ def test_lora_compute_runs_adapters_in_the_backbone_dtype(dtype):
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None and g.dtype == torch.float32 for g in grads)
     assert all(m.cast_input_dtype_enabled for m in lora_layers)
+
+
+def test_lora_dropout_is_no_graph_break_under_torch_compile():
+    # Given LoRA dropout in training mode (its CPU mask uses random_, which dynamo cannot trace)
+    dropout = LoraDropout(0.1).train()
+    # When dynamo traces it, as trainer.compile does inside every decoder layer
+    explanation = torch._dynamo.explain(dropout)(torch.ones(8, 16))
+    # Then it is one graph (F.dropout), not a break per adapter
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1

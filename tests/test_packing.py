@@ -11,7 +11,7 @@ import torch
 
 from embedft.config import LoraConfig, OptimConfig
 from embedft.losses.infonce import InfoNCELoss
-from embedft.model.embedder import Embedder, build_embedder
+from embedft.model.embedder import Embedder, build_embedder, compile_layers
 from embedft.model.packing import (
     can_pack,
     embed_in_sub_batches,
@@ -192,3 +192,21 @@ def test_a_call_may_override_the_embedders_layout():
     # Then that call ran one forward over all rows; the embedder's own settings are unchanged
     assert seen == [(9, padded_width)]
     assert (embedder.pack_len, embedder.sub_batch_rows) == (4096, 64)
+
+
+def test_compiled_norms_and_mlps_embed_as_eager_ones():
+    # Given two equal embedders, one with trainer.compile's regions compiled (dynamo's eager
+    # backend here: the same graph capture without the C++ build)
+    eager, compiled = make_embedder(seed=5).train(), make_embedder(seed=5).train()
+    compile_layers(compiled.backbone, backend="eager")
+    layer = compiled.backbone.get_base_model().layers[0]
+    regions = {n for n, m in layer.named_children() if m._compiled_call_impl is not None}
+    assert regions == {"mlp", "input_layernorm", "post_attention_layernorm"}
+    batch = _batch(eager)
+    # When both embed the packed batch; Then embeddings and LoRA gradients agree
+    emb_eager = eager.embed(batch["input_ids"], batch["attention_mask"])
+    emb_compiled = compiled.embed(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(emb_compiled, emb_eager, atol=1e-5, rtol=1e-4)
+    InfoNCELoss()(*emb_eager.split(3)).backward()
+    InfoNCELoss()(*emb_compiled.split(3)).backward()
+    assert_same_grads(eager, compiled)

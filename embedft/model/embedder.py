@@ -210,20 +210,25 @@ def build_embedder(
     return embedder.to(device)
 
 
-def compile_layers(backbone: nn.Module) -> None:
-    """``torch.compile`` every decoder layer, with dynamic shapes (``trainer.compile``).
+def compile_layers(backbone: nn.Module, backend: str = "inductor") -> None:
+    """``torch.compile`` the norms and the MLP of every decoder layer (``trainer.compile``).
 
-    Layer by layer ("regional" compilation): the layers share one compiled graph, so compiling
-    costs one layer's time, and dynamic shapes keep a batch of new lengths from recompiling.
-    The fusions are in the norms, activations, rotary embeddings and casts between the matmuls;
-    text-by-text attention (``embedft.model.attention``) stays eager: a graph break.
+    Regional compilation with dynamic shapes: the layers share one compiled graph per module
+    kind, so compiling costs seconds, and a batch of new lengths does not recompile. The fusions
+    are where eager time goes between the big matmuls: RMSNorm's float32 round trip (~8 ops and
+    their backward per norm) and the MLP's activation times up-projection. Attention and the
+    q/k/v/o projections stay eager: text-by-text attention (``embedft.model.attention``) is a
+    Python loop, and compiling whole layers around it measured slower on CPU than these regions
+    (experiments/bench_train.py, ``compile`` ablation).
     """
     base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
     layers = getattr(base, "layers", None)
     if layers is None:
         raise ValueError(f"trainer.compile: {type(base).__name__} has no .layers to compile")
     for layer in layers:
-        layer.compile(dynamic=True)
+        for name, child in layer.named_children():
+            if name == "mlp" or "norm" in name:
+                child.compile(dynamic=True, backend=backend)
 
 
 def trainable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
