@@ -80,6 +80,18 @@ SEARCH: dict[str, list[str]] = {
         "eval.every_n_steps=25",
         "optim.warmup_steps=5",
     ],  # fmt: skip
+    "batch_256": [
+        "data.batch_size=256",
+        f"trainer.max_steps={SEARCH_STEPS // 4}",
+        "eval.every_n_steps=12",
+        "optim.warmup_steps=3",
+        "embed.grad_cache_chunk_tokens=4096",  # the chunk bounds memory, the batch gives negatives
+    ],  # fmt: skip
+    "lora_r16_lr_1e-3": ["lora.r=16", "lora.alpha=64", "optim.lr=1e-3"],  # the two best levers
+    "temperature_0.1": ["loss.temperature=0.1"],
+    "schedule_linear": ["optim.scheduler=linear"],
+    "schedule_constant": ["optim.scheduler=constant"],  # warmup, then no decay
+    "max_length_32": ["model.max_length=32"],  # cuts the longest texts (train and dev alike)
     # the full recipe budget at the base learning rate: the 180-step finals at 1e-3 scored lower
     # on dev (84.4-85.2) than the 100-step trials, so the 100-step lr comparison may not carry over
     "full_budget_lr_5e-4": [
