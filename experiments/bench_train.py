@@ -3,6 +3,7 @@
     python experiments/bench_train.py [--batch-size 60] [--max-length 150] [--steps 6]
                                       [--warmup 1] [--rounds 3] [--dtypes float32 bfloat16]
                                       [--ablations all|none|NAME ...] [--ablation-dtype bfloat16]
+                                      [--ablation-rounds 1]
 
 Both frameworks train smollm2 (the safetensors directory embedft converts from the GGUF) with the
 paper's LoRA (r=8, alpha=32, dropout 0.1, gaussian init, q_proj/v_proj) on the same triplets
@@ -35,7 +36,9 @@ written into the results). Achieved FLOP/s = counted FLOPs / timed seconds, show
 dtype's peak (targets: bf16 >= 60%, fp32 >= 80%).
 
 Ablations (embedft only, in ``--ablation-dtype``, one switch each against the default): see
-``ABLATIONS``. Figures go to ``experiments/results/bench_train.json`` and a Markdown summary
+``ABLATIONS``. Each ablation run follows a default run of its own, ``--ablation-rounds`` such
+pairs per ablation, and its speed is the median of its ratios to those paired runs: the load on
+a shared machine drifts by +-10% over minutes, more than most ablations change. Figures go to ``experiments/results/bench_train.json`` and a Markdown summary
 generated from it (``.md``).
 """
 
@@ -691,11 +694,20 @@ def summarize(runs: list[dict[str, Any]], peaks: dict[str, float]) -> dict[str, 
             "gflops_per_s": round(achieved / 1e9, 1),
             "of_peak": round(achieved / peaks[dtype], 3) if dtype in peaks else None,
         }
+    for key, rs in groups.items():  # an ablation: the median of its ratios to its paired runs
+        pairs = [
+            r["triplets_per_s"] / runs[r["paired_default"]]["triplets_per_s"]
+            for r in rs
+            if "paired_default" in r and "error" not in runs[r["paired_default"]]
+        ]
+        if pairs:
+            table[key]["paired_ratios"] = [round(x, 3) for x in pairs]
+            table[key]["speed_vs_embedft_default"] = round(statistics.median(pairs), 3)
     by_dtype = {}
     for dtype in sorted({k.split(":")[0] for k in table}):
         ours, st = table.get(f"{dtype}:embedft:default"), table.get(f"{dtype}:st:MNRL")
         for key, row in table.items():
-            if ours and key.startswith(f"{dtype}:"):
+            if ours and key.startswith(f"{dtype}:") and "paired_ratios" not in row:
                 row["speed_vs_embedft_default"] = round(
                     row["triplets_per_s"] / ours["triplets_per_s"], 3
                 )
@@ -734,7 +746,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{env['torch_threads']} torch threads), torch {env['torch']}, sentence-transformers "
         f"{env['sentence_transformers']}, lightning {env['lightning']}. Model {s['model']}, batch "
         f"{s['batch_size']} triplets, max length {s['max_length']}, {s['steps']} optimizer steps "
-        f"({s['warmup']} warm-up not timed), {s['rounds']} alternating round(s) per dtype. Load "
+        f"({s['warmup']} warm-up not timed), {s['rounds']} alternating round(s) per dtype, "
+        f"{s.get('ablation_rounds', 1)} (default, ablation) pair(s) per ablation. Load "
         f"average before/after: {env['loadavg_start']} / {env['loadavg_end']}.",
         "",
         f"Matmul peak ({report['peak_method']}): "
@@ -781,10 +794,16 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"- failed: `{' '.join(x['argv'])}`: {x['error'][:300]}")
     lines += [
         "",
-        f"Ablations ({s['ablation_dtype']}, one switch each against embedft's default):",
+        f"Ablations ({s['ablation_dtype']}, one switch each against embedft's default; "
+        "`vs embedft default` of an ablation is the median of its paired ratios: its triplets/s "
+        "over those of the default run just before it):",
         "",
     ]
-    lines += [f"- `{k}`: {v[0]}" for k, v in ABLATIONS.items() if k in s["ablations"]]
+    table = summ["table"]
+    for k, v in ABLATIONS.items():
+        if k in s["ablations"]:
+            pairs = table.get(f"{s['ablation_dtype']}:embedft:{k}", {}).get("paired_ratios")
+            lines.append(f"- `{k}`: {v[0]}" + (f" (paired ratios {pairs})" if pairs else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -812,7 +831,10 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=150, help="tokens (paper: 150)")
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=1, help="first steps left out of the timing")
-    parser.add_argument("--rounds", type=int, default=3, help="embedft/ST alternations")
+    parser.add_argument("--rounds", type=int, default=3, help="embedft/ST alternations (0: none)")
+    parser.add_argument(
+        "--ablation-rounds", type=int, default=1, help="(default, ablation) pairs per ablation"
+    )
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=DTYPES)
     parser.add_argument("--ablations", nargs="*", default=["all"], help="all, none or names")
     parser.add_argument("--ablation-dtype", default="bfloat16", choices=DTYPES)
@@ -908,18 +930,24 @@ def run_benchmark(args) -> None:
         for _ in range(args.rounds):
             run([f"--dtype={dtype}", "--framework=embedft", "--variant=default"])
             run([f"--dtype={dtype}", "--framework=st"])
-    if names and args.ablation_dtype not in args.dtypes:  # the baseline of the ablations
-        run([f"--dtype={args.ablation_dtype}", "--framework=embedft", "--variant=default"])
-    for name in names:
-        # torch.compile may take long on CPU: a run past its budget is reported, not waited for.
-        extra, budget = [], None
-        if name == "compile":  # steps 1-2 compile, then recompile for dynamic shapes
-            extra = [f"--steps={args.steps + 1}", f"--warmup={args.warmup + 1}"]
-            budget = min(args.timeout_s, args.compile_timeout_s)
-        run(
-            [f"--dtype={args.ablation_dtype}", "--framework=embedft", f"--variant={name}", *extra],
-            budget,
-        )
+    # Each ablation run comes right after a default run of its own (its pair): on a shared
+    # machine the load drifts by +-10% over minutes, so an ablation is compared with the default
+    # measured next to it, not with runs from another part of the benchmark.
+    for _ in range(args.ablation_rounds if names else 0):
+        for name in names:
+            run([f"--dtype={args.ablation_dtype}", "--framework=embedft", "--variant=default"])
+            pair = len(runs) - 1
+            # torch.compile may take long on CPU: a run past its budget is reported, not waited for
+            extra, budget = [], None
+            if name == "compile":  # steps 1-2 compile, then recompile for dynamic shapes
+                extra = [f"--steps={args.steps + 1}", f"--warmup={args.warmup + 1}"]
+                budget = min(args.timeout_s, args.compile_timeout_s)
+            run(
+                [f"--dtype={args.ablation_dtype}", "--framework=embedft", f"--variant={name}",
+                 *extra],
+                budget,
+            )  # fmt: skip
+            runs[-1]["paired_default"] = pair
     after = measure_peaks(list(peaks), args.device)
     peaks = {d: max(peaks[d], after[d]) for d in peaks}  # the better of before and after
     env["loadavg_end"] = loadavg()
@@ -931,6 +959,7 @@ def run_benchmark(args) -> None:
             "steps": args.steps,
             "warmup": args.warmup,
             "rounds": args.rounds,
+            "ablation_rounds": args.ablation_rounds,
             "dtypes": args.dtypes,
             "ablations": names,
             "ablation_dtype": args.ablation_dtype,

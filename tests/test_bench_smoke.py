@@ -58,6 +58,36 @@ def test_matmul_peak_is_a_positive_rate():
     assert _load("flops").matmul_peak(torch.float32, size=64, repeats=1) > 0
 
 
+def test_bench_train_compares_each_ablation_with_the_default_run_next_to_it():
+    # Given the load doubles between two (default, ablation) pairs: defaults 10 then 20
+    bench = _load("bench_train")
+
+    def run(variant, tps, pair=None):
+        r = {
+            "dtype": "bfloat16",
+            "framework": "embedft",
+            "variant": variant,
+            "triplets_per_s": tps,
+            "tokens_per_s": tps,
+            "flops_per_s": tps,
+            "padding_factor": 1.0,
+            "peak_rss_mb": 1.0,
+        }
+        return r if pair is None else {**r, "paired_default": pair}  # fmt: skip
+
+    runs = [
+        run("default", 10.0),
+        run("eager", 12.0, 0),
+        run("default", 20.0),
+        run("eager", 22.0, 2),
+    ]
+    # When summarised / Then each ablation run is divided by its own pair: 1.2 and 1.1, median 1.15
+    # (the unpaired figure would be median 17 / median default 15 = 1.133)
+    row = bench.summarize(runs, {"bfloat16": 100.0})["table"]["bfloat16:embedft:eager"]
+    assert row["paired_ratios"] == [1.2, 1.1]
+    assert row["speed_vs_embedft_default"] == 1.15
+
+
 def _script(args, timeout=900):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled")
     result = subprocess.run(
