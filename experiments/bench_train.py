@@ -38,8 +38,8 @@ dtype's peak (targets: bf16 >= 60%, fp32 >= 80%).
 Ablations (embedft only, in ``--ablation-dtype``, one switch each against the default): see
 ``ABLATIONS``. Each ablation run follows a default run of its own, ``--ablation-rounds`` such
 pairs per ablation, and its speed is the median of its ratios to those paired runs: the load on
-a shared machine drifts by +-10% over minutes, more than most ablations change. Figures go to ``experiments/results/bench_train.json`` and a Markdown summary
-generated from it (``.md``).
+a shared machine drifts by +-10% over minutes, more than most ablations change. Figures go to
+``experiments/results/bench_train.json`` and a Markdown summary generated from it (``.md``).
 """
 
 from __future__ import annotations
@@ -930,9 +930,7 @@ def run_benchmark(args) -> None:
         for _ in range(args.rounds):
             run([f"--dtype={dtype}", "--framework=embedft", "--variant=default"])
             run([f"--dtype={dtype}", "--framework=st"])
-    # Each ablation run comes right after a default run of its own (its pair): on a shared
-    # machine the load drifts by +-10% over minutes, so an ablation is compared with the default
-    # measured next to it, not with runs from another part of the benchmark.
+    # Each ablation run right after a default run of its own (its pair; module docstring).
     for _ in range(args.ablation_rounds if names else 0):
         for name in names:
             run([f"--dtype={args.ablation_dtype}", "--framework=embedft", "--variant=default"])

@@ -73,7 +73,7 @@ def test_bench_train_compares_each_ablation_with_the_default_run_next_to_it():
             "padding_factor": 1.0,
             "peak_rss_mb": 1.0,
         }
-        return r if pair is None else {**r, "paired_default": pair}  # fmt: skip
+        return r if pair is None else {**r, "paired_default": pair}
 
     runs = [
         run("default", 10.0),
