@@ -45,8 +45,13 @@ def test_final_job_names_are_unique_and_carry_the_overrides_they_differ_by(ob):
         seed = next(o.split("=")[1] for o in overrides if o.startswith("seed="))
         hard_neg = next(o.split("=")[1] for o in overrides if o.startswith("loss.hard_neg="))
         assert name.startswith(model) and name.endswith(f"hardneg_{hard_neg}-seed{seed}")
-        # the learning-rate check is the only job set with its own lr, and its name says so
-        assert any(o.startswith("optim.lr=") for o in overrides) == (f"lr_{ob.CHECK_LR}" in name)
+        # a check's overrides are the only ones beyond model, switch and seed; its name says which
+        extra = [o for o in overrides[1:] if o.split("=")[0] not in ("model", "seed", "loss.hard_neg")]
+        check = [c for c, o in ob.CHECKS.items() if name == f"{model}-{c}-hardneg_true-seed{seed}"]
+        assert extra == (ob.CHECKS[check[0]] if check else [])
+    # every check runs with 3 seeds, the recipe's lr check keeps the name its finished runs have
+    assert len(jobs) == 4 * len(ob.SEEDS) + len(ob.CHECKS) * len(ob.SEEDS)
+    assert "gemma3_270m-lr_5e-4-hardneg_true-seed7" in names
 
 
 def test_a_completed_copy_is_kept_and_not_rerun(ob, monkeypatch):
@@ -120,3 +125,27 @@ def test_dirty_flag_ignores_the_result_files_the_runner_rewrites(ob, tmp_path, m
     # And a changed source file makes it dirty
     (repo / "embedft.py").write_text("x = 2\n")
     assert ob.git_state()["dirty"] is True
+
+
+def test_the_mnli_trial_file_is_built_only_for_a_job_that_reads_it(ob, tmp_path, monkeypatch):
+    # Given a checkout whose gold triplets exist but not the gold + noisy-MNLI file
+    monkeypatch.setattr(ob, "REPO", tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "nli_triplets.csv").write_text("sent0,sent1,hard_neg\n")
+    monkeypatch.setenv("EMBEDFT_DATA_DIR", str(tmp_path / "shared"))
+    calls = []
+    monkeypatch.setattr(ob.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    # When only jobs on the gold file are about to run, Then nothing is built
+    ob.ensure_data("py", [ob.search_overrides(ob.SEARCH["base"]), *[o for _, o in ob.final_jobs()]])
+    assert calls == []
+    # When the MNLI trial is about to run, Then one prepare_nli call builds its file from every
+    # default gold source plus the noisy MNLI file, written where the trial's data.path points
+    ob.ensure_data("py", [ob.search_overrides(ob.SEARCH["data_plus_mnli_noisy"])])
+    (cmd,) = calls
+    assert cmd[:3] == ["py", "-m", "embedft.prepare_nli"] and cmd[-1] == f"out={ob.PLUS_MNLI}"
+    inputs = cmd[3].removeprefix("inputs=[").removesuffix("]").split(",")
+    from embedft.data.prepare_nli import DEFAULT_SOURCES
+
+    shared = tmp_path / "shared"
+    expected = [f"{fmt}:{shared / rel}" for _, fmt, rel in DEFAULT_SOURCES]
+    assert inputs == [*expected, f"generic:{shared / ob.MNLI_NOISY}"]
