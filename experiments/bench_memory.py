@@ -29,7 +29,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench_train import (
+from bench_common import (
     RESULTS,
     default_rss_cap_gb,
     ensure_triplets,
@@ -76,7 +76,7 @@ def predicted_mb(floor: float, previous: dict[str, Any] | None, tokens: int) -> 
 
 def real_tokens(args, batch: int) -> int:
     """Real (non-padding) tokens of the first ``batch`` triplets, as the training step sees them."""
-    from bench_train import embedft_config, read_triplets
+    from bench_common import embedft_config, read_triplets
 
     from embedft.data.datamodule import TripletCollator
     from embedft.model.sources import load_tokenizer

@@ -45,25 +45,27 @@ a shared machine drifts by +-10% over minutes, more than most ablations change. 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
-import platform
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import flops  # experiments/flops.py
+from bench_common import (
+    MARK,
+    RESULTS,
+    default_rss_cap_gb,
+    embedft_config,
+    ensure_triplets,
+    environment,
+    finish,
+    loadavg,
+    read_triplets,
+    spawn,
+)
+from bench_st import worker_st
+from bench_train_report import markdown, summarize
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "experiments" / "results"
-TRIPLETS = REPO / "data" / "nli_triplets.csv"
-MARK = "BENCH_RESULT "  # prefix of the one JSON line a worker prints on stdout
 DTYPES = ("float32", "bfloat16")
 
 # name -> (what it switches, Hydra overrides, worker hook); hooks are implemented in the worker.
@@ -112,146 +114,12 @@ ABLATIONS: dict[str, tuple[str, list[str], str | None]] = {
 }
 
 
-def loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def ensure_triplets() -> None:
-    """Build data/nli_triplets.csv from the offline NLI data when it is missing."""
-    if not TRIPLETS.is_file():
-        print(f"{TRIPLETS} missing: building it with python -m embedft.prepare_nli", flush=True)
-        subprocess.run([sys.executable, "-m", "embedft.prepare_nli"], cwd=REPO, check=True)
-
-
-def read_triplets(n: int) -> list[dict[str, str]]:
-    with open(TRIPLETS, newline="") as f:
-        rows = [r for _, r in zip(range(n), csv.DictReader(f), strict=False)]
-    if len(rows) < n:
-        raise ValueError(f"{TRIPLETS} holds {len(rows)} triplets; the run needs {n}")
-    return rows
-
-
-# ---------------------------------------------------------------- parent: one run per subprocess
-
-
-def spawn(worker_args: list[str], rss_cap_gb: float, timeout_s: float) -> dict[str, Any]:
-    """Run this script as a worker; return its JSON result plus its own peak RSS.
-
-    The watchdog polls the child's RSS and kills it past ``rss_cap_gb`` (the machine is shared:
-    an unbounded run could push other people's processes out of memory).
-    """
-    log = tempfile.NamedTemporaryFile("w+", prefix="bench-worker-", suffix=".log", delete=False)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *worker_args]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-    state = {"killed": None, "sampled_peak_kb": 0}
-    reaped = threading.Event()
-
-    def watch() -> None:
-        # Reads /proc only: proc.poll() could reap the child before os.wait4 gets its rusage.
-        started = time.monotonic()
-        while not reaped.wait(0.2):
-            try:
-                with open(f"/proc/{proc.pid}/status") as f:
-                    rss_kb = next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
-            except (OSError, StopIteration):  # exited (a zombie has no VmRSS line)
-                return
-            state["sampled_peak_kb"] = max(state["sampled_peak_kb"], rss_kb)
-            if rss_kb > rss_cap_gb * 1024**2:
-                state["killed"] = f"RSS {rss_kb / 1024**2:.1f} GB passed the cap {rss_cap_gb} GB"
-            elif time.monotonic() - started > timeout_s:
-                state["killed"] = f"ran longer than {timeout_s:.0f} s"
-            if state["killed"]:
-                os.kill(proc.pid, signal.SIGKILL)  # not proc.kill(): it may reap the child too
-                return
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    out = proc.stdout.read() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not all children's
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    reaped.set()
-    watcher.join()
-    result: dict[str, Any] = {"argv": worker_args}
-    lines = [ln for ln in out.splitlines() if ln.startswith(MARK)]
-    if lines:
-        result.update(json.loads(lines[-1][len(MARK) :]))
-    result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)  # Linux reports kB
-    if state["killed"] or proc.returncode != 0 or not lines:
-        log.seek(0)
-        tail = log.read()[-2000:]
-        result["error"] = state["killed"] or f"exit code {proc.returncode}: {tail}"
-        result["peak_rss_mb_at_least"] = round(state["sampled_peak_kb"] / 1024, 1)
-    os.unlink(log.name)
-    return result
-
-
-# ---------------------------------------------------------------- workers
-
-
-def _finish(result: dict[str, Any], step_ends: list[float], started: float, args) -> None:
-    """Throughput over the steps after the warm-up; print the JSON line the parent reads."""
-    w = min(args.warmup, len(step_ends) - 1)
-    t0 = step_ends[w - 1] if w > 0 else started
-    timed = step_ends[-1] - t0
-    steps = len(step_ends) - w
-    step_times = [b - a for a, b in zip([started, *step_ends[:-1]], step_ends, strict=True)]
-    tokens = sum(result.pop("tokens_per_step")[w:])
-    padded = sum(result.pop("padded_per_step")[w:])
-    counted = sum(result.pop("flops_per_step")[w:])
-    with open("/proc/self/status") as f:
-        hwm = next(int(x.split()[1]) for x in f if x.startswith("VmHWM:"))
-    result.update(
-        steps=len(step_ends),
-        timed_steps=steps,
-        step_s=[round(t, 3) for t in step_times],
-        timed_s=round(timed, 3),
-        triplets_per_s=round(steps * args.batch_size / timed, 3),
-        tokens_per_s=round(tokens / timed, 1),
-        real_tokens=tokens,
-        padded_tokens=padded,
-        padding_factor=round(padded / tokens, 3),
-        flops_per_s=float(f"{counted / timed:.4g}"),
-        vmhwm_mb=round(hwm / 1024, 1),
-        loadavg_end=loadavg(),
-        cpu_s=round(time.process_time(), 1),
-    )
-    print(MARK + json.dumps(result), flush=True)
-
-
 def _padded(mask, rows: int | None) -> int:
     """Tokens a forward over ``mask`` runs: one pad width (rows None) or sorted sub-batches."""
     if rows is None or rows <= 0:
         return int(mask.numel())
     lengths = mask.sum(dim=1).sort(descending=True).values
     return int(sum(int(c[0]) * len(c) for c in lengths.split(rows)))
-
-
-def embedft_config(args, overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    from embedft.config import to_object
-
-    base = [
-        f"model={args.model}",
-        "data=local",
-        f"data.path={TRIPLETS}",
-        "data.shuffle_buffer=0",  # file order: the same batches sentence-transformers sees
-        "data.num_workers=0",
-        f"data.batch_size={args.batch_size}",
-        f"model.max_length={args.max_length}",
-        f"model.dtype={args.dtype}",
-        "trainer=cpu" if args.device == "cpu" else "trainer=default",
-        f"trainer.max_steps={args.steps}",
-        "trainer.enable_progress_bar=false",
-        "logger=none",
-        "eval.every_n_steps=0",
-        "eval.after_fit=false",
-        f"paths.output_dir={tempfile.mkdtemp(prefix='bench-')}",
-    ]
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return to_object(compose("run", overrides=base + overrides))
 
 
 class CausalLMBackbone:
@@ -382,7 +250,7 @@ def worker_embedft(args) -> None:
         "torch_threads": torch.get_num_threads(),
         "loadavg_start": args.loadavg_start,
     }
-    _finish(result, timer.ends, timer.started, args)
+    finish(result, timer.ends, timer.started, args)
 
 
 def undo_speedup(embedder, hook: str | None) -> None:
@@ -513,317 +381,6 @@ def module_class(hook: str | None, base):
     return Columns if hook == "columns" else base
 
 
-def worker_st(args) -> None:
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
-    from sentence_transformers.base.sampler import DefaultBatchSampler
-    from sentence_transformers.sentence_transformer import losses, modules
-    from torch.utils.data import SequentialSampler
-    from transformers import TrainerCallback
-
-    from embedft.model.sources import resolve_model_dir
-
-    cfg = embedft_config(args, args.override)  # the same model/LoRA/optimizer settings
-    started_load = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    transformer = modules.Transformer(
-        resolve_model_dir(cfg.model),
-        max_seq_length=cfg.model.max_length,
-        # Text only: without a "message" modality ST does not wrap text in the chat template.
-        modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
-        module_output_name="token_embeddings",
-        model_kwargs={
-            "dtype": torch.bfloat16 if args.dtype == "bfloat16" else torch.float32,
-            "attn_implementation": cfg.model.attn_implementation,
-        },
-    )
-    tok = transformer.tokenizer
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "right"
-    pooling = modules.Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
-    model = SentenceTransformer(modules=[transformer, pooling], device=args.device)
-    peft_cfg = PeftLoraConfig(
-        r=cfg.lora.r,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        target_modules=list(cfg.lora.target_modules or cfg.model.lora_target_modules),
-        init_lora_weights=cfg.lora.init,
-        bias="none",
-    )
-    try:
-        model.add_adapter(peft_cfg)
-        lora_path = "SentenceTransformer.add_adapter"
-    except (ImportError, ValueError) as err:
-        model[0].model = get_peft_model(model[0].auto_model, peft_cfg)
-        lora_path = f"peft.get_peft_model on model[0].auto_model (add_adapter refused: {err})"
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-    rows = read_triplets(args.steps * args.batch_size)
-    eos = tok.eos_token
-    columns = {
-        "anchor": [r["sent0"] + eos for r in rows],
-        "positive": [r["sent1"] + eos for r in rows],
-        "negative": [r["hard_neg"] + eos for r in rows],
-    }
-    # A text cut at max_length loses its EOS here (embedft keeps it): count them; the
-    # comparison is exact only when none is.
-    tokens, padded, counted, at_limit = [], [], [], 0
-    targets = list(cfg.lora.target_modules or cfg.model.lora_target_modules)
-    for s in range(0, len(rows), args.batch_size):
-        masks = [
-            model.preprocess(c[s : s + args.batch_size])["attention_mask"] for c in columns.values()
-        ]
-        tokens.append(int(sum(m.sum() for m in masks)))
-        lengths = torch.cat([m.sum(dim=1) for m in masks]).tolist()
-        counted.append(
-            flops.step_flops(transformer.auto_model.config, lengths, cfg.lora.r, targets)
-        )
-        at_limit += sum(int((m.sum(dim=1) >= args.max_length).sum()) for m in masks)
-        # ST embeds the anchors alone and the positives + negatives in one merged forward.
-        widths = [masks[0].shape[1], max(m.shape[1] for m in masks[1:])]
-        padded.append(masks[0].shape[0] * widths[0] + 2 * masks[1].shape[0] * widths[1])
-
-    # The first batch's loss before training, dropout off: the check that both compute Eq. 1 on
-    # the same embeddings (LoRA B starts at zero, so both are the base model here).
-    loss = losses.MultipleNegativesRankingLoss(model, scale=1.0 / cfg.loss.temperature)
-    model.eval()
-    with torch.no_grad():
-        first = [
-            model.encode(c[: args.batch_size], batch_size=args.batch_size, convert_to_tensor=True)
-            for c in columns.values()
-        ]
-        loss_at_init = round(float(loss.compute_loss_from_embeddings(first, None)), 5)
-    model.train()
-
-    class Timer(TrainerCallback):
-        def __init__(self) -> None:
-            self.started, self.ends = 0.0, []
-
-        def on_train_begin(self, *a, **k) -> None:
-            self.started = time.perf_counter()
-
-        def on_step_end(self, *a, **k) -> None:
-            self.ends.append(time.perf_counter())
-
-    timer = Timer()
-    out_dir = tempfile.mkdtemp(prefix="bench-st-")
-    training_args = SentenceTransformerTrainingArguments(
-        output_dir=out_dir,
-        per_device_train_batch_size=args.batch_size,
-        max_steps=args.steps,
-        learning_rate=cfg.optim.lr,
-        weight_decay=cfg.optim.weight_decay,
-        warmup_steps=cfg.optim.warmup_steps,
-        lr_scheduler_type="cosine",
-        optim="adamw_torch",
-        max_grad_norm=0.0,  # embedft clips nothing by default either
-        seed=cfg.seed,
-        logging_strategy="no",
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_drop_last=True,
-        dataloader_num_workers=0,
-        use_cpu=args.device == "cpu",
-        bf16=args.dtype == "bfloat16",  # bf16 autocast, as embedft's bf16 step
-        batch_sampler=lambda dataset, batch_size, drop_last, **_: DefaultBatchSampler(
-            SequentialSampler(dataset), batch_size=batch_size, drop_last=drop_last
-        ),
-    )
-    trainer = SentenceTransformerTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=Dataset.from_dict(columns),
-        loss=loss,
-        callbacks=[timer],
-    )
-    load_s = time.perf_counter() - started_load
-    trainer.train()
-    result = {
-        "framework": "st",
-        "dtype": args.dtype,
-        "variant": "MNRL",
-        "lora": lora_path,
-        "trainable_params": trainable,
-        "load_s": round(load_s, 1),
-        "loss_at_init": loss_at_init,
-        "texts_at_max_length": at_limit,
-        "tokens_per_step": tokens,
-        "padded_per_step": padded,
-        "flops_per_step": counted,
-        "torch_threads": torch.get_num_threads(),
-        "loadavg_start": args.loadavg_start,
-    }
-    _finish(result, timer.ends, timer.started, args)
-
-
-# ---------------------------------------------------------------- report
-
-
-TARGET_OF_PEAK = {"bfloat16": 0.60, "float32": 0.80}  # the issue's targets on this CPU
-TARGET_VS_ST = {"bfloat16": 2.0, "float32": 1.3}  # triplets/s over sentence-transformers'
-
-
-def summarize(runs: list[dict[str, Any]], peaks: dict[str, float]) -> dict[str, Any]:
-    """Per dtype: median throughput and max peak RSS per run kind, % of the matmul peak, ratios."""
-    import statistics
-
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in runs:
-        if "error" not in r:
-            groups.setdefault(f"{r['dtype']}:{r['framework']}:{r['variant']}", []).append(r)
-    table = {}
-    for key, rs in groups.items():
-        dtype = key.split(":")[0]
-        achieved = statistics.median(r["flops_per_s"] for r in rs)
-        table[key] = {
-            "runs": len(rs),
-            "triplets_per_s": round(statistics.median(r["triplets_per_s"] for r in rs), 3),
-            "tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in rs), 1),
-            "padding_factor": rs[0]["padding_factor"],
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
-            "gflops_per_s": round(achieved / 1e9, 1),
-            "of_peak": round(achieved / peaks[dtype], 3) if dtype in peaks else None,
-        }
-    for key, rs in groups.items():  # an ablation: the median of its ratios to its paired runs
-        pairs = [
-            r["triplets_per_s"] / runs[r["paired_default"]]["triplets_per_s"]
-            for r in rs
-            if "paired_default" in r and "error" not in runs[r["paired_default"]]
-        ]
-        if pairs:
-            table[key]["paired_ratios"] = [round(x, 3) for x in pairs]
-            table[key]["speed_vs_embedft_default"] = round(statistics.median(pairs), 3)
-    by_dtype = {}
-    for dtype in sorted({k.split(":")[0] for k in table}):
-        ours, st = table.get(f"{dtype}:embedft:default"), table.get(f"{dtype}:st:MNRL")
-        for key, row in table.items():
-            if ours and key.startswith(f"{dtype}:") and "paired_ratios" not in row:
-                row["speed_vs_embedft_default"] = round(
-                    row["triplets_per_s"] / ours["triplets_per_s"], 3
-                )
-        entry: dict[str, Any] = {"peak_gflops": round(peaks.get(dtype, 0) / 1e9, 1)}
-        if ours:
-            entry["embedft_of_peak"] = ours["of_peak"]
-            entry["target_of_peak"] = TARGET_OF_PEAK.get(dtype)
-            entry["target_of_peak_met"] = (ours["of_peak"] or 0) >= TARGET_OF_PEAK.get(dtype, 1)
-        if ours and st:
-            first = {
-                fw: groups[f"{dtype}:{fw}"][0]["loss_at_init"]
-                for fw in ("embedft:default", "st:MNRL")
-            }
-            entry.update(
-                triplets_per_s=round(ours["triplets_per_s"] / st["triplets_per_s"], 3),
-                tokens_per_s=round(ours["tokens_per_s"] / st["tokens_per_s"], 3),
-                peak_rss=round(ours["peak_rss_mb"] / st["peak_rss_mb"], 3),
-                target_speed=TARGET_VS_ST.get(dtype),
-                target_speed_met=ours["triplets_per_s"]
-                >= TARGET_VS_ST.get(dtype, 1) * st["triplets_per_s"],
-                target_rss_met=ours["peak_rss_mb"] <= st["peak_rss_mb"],
-                # Same objective on the same embeddings: the first batch's loss before training.
-                loss_at_init={"embedft": first["embedft:default"], "st": first["st:MNRL"]},
-                texts_at_max_length=groups[f"{dtype}:st:MNRL"][0]["texts_at_max_length"],
-            )
-        by_dtype[dtype] = entry
-    return {"table": table, "by_dtype": by_dtype}
-
-
-def markdown(report: dict[str, Any]) -> str:
-    s, env, summ = report["settings"], report["environment"], report["summary"]
-    lines = [
-        "# Training throughput: embedft vs sentence-transformers, and against the machine",
-        "",
-        f"Generated by `experiments/bench_train.py` on {env['device']} ({env['cpu_count']} CPUs, "
-        f"{env['torch_threads']} torch threads), torch {env['torch']}, sentence-transformers "
-        f"{env['sentence_transformers']}, lightning {env['lightning']}. Model {s['model']}, batch "
-        f"{s['batch_size']} triplets, max length {s['max_length']}, {s['steps']} optimizer steps "
-        f"({s['warmup']} warm-up not timed), {s['rounds']} alternating round(s) per dtype, "
-        f"{s.get('ablation_rounds', 1)} (default, ablation) pair(s) per ablation. Load "
-        f"average before/after: {env['loadavg_start']} / {env['loadavg_end']}.",
-        "",
-        f"Matmul peak ({report['peak_method']}): "
-        + ", ".join(f"{d} {v / 1e9:.0f} GFLOP/s" for d, v in report["peaks"].items())
-        + ". FLOPs counted: "
-        + report["flop_method"]
-        + ".",
-        "",
-        "| dtype:run | triplets/s | real tokens/s | padded/real tokens | GFLOP/s | % of peak "
-        "| peak RSS MB | vs embedft default |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for key, row in summ["table"].items():
-        of_peak = f"{100 * row['of_peak']:.1f}" if row["of_peak"] is not None else ""
-        lines.append(
-            f"| {key} | {row['triplets_per_s']} | {row['tokens_per_s']} | {row['padding_factor']} "
-            f"| {row['gflops_per_s']} | {of_peak} | {row['peak_rss_mb']} "
-            f"| {row.get('speed_vs_embedft_default', '')} |"
-        )
-    lines.append("")
-    for dtype, r in summ["by_dtype"].items():
-        if "embedft_of_peak" in r:
-            met = "met" if r["target_of_peak_met"] else "NOT met"
-            lines.append(
-                f"- {dtype}: embedft at **{100 * (r['embedft_of_peak'] or 0):.1f}%** of the "
-                f"{r['peak_gflops']} GFLOP/s matmul peak (target >= "
-                f"{100 * r['target_of_peak']:.0f}%: {met})."
-            )
-        if "triplets_per_s" in r:
-            lines.append(
-                f"- {dtype}: embedft / sentence-transformers **{r['triplets_per_s']}x** "
-                f"triplets/s (target >= {r['target_speed']}: "
-                f"{'met' if r['target_speed_met'] else 'NOT met'}), peak RSS **{r['peak_rss']}x** "
-                f"(target <= 1: {'met' if r['target_rss_met'] else 'NOT met'}); first-batch loss "
-                f"before training {r['loss_at_init']['embedft']} vs "
-                f"{r['loss_at_init']['st']}; texts cut at max length on the "
-                f"sentence-transformers side (EOS lost): {r['texts_at_max_length']}."
-            )
-    st_runs = [x for x in report["runs"] if x.get("framework") == "st"]
-    if st_runs:
-        lines += ["", f"sentence-transformers LoRA: {st_runs[0].get('lora')}."]
-    failed = [x for x in report["runs"] if "error" in x]
-    for x in failed:
-        lines.append(f"- failed: `{' '.join(x['argv'])}`: {x['error'][:300]}")
-    lines += [
-        "",
-        f"Ablations ({s['ablation_dtype']}, one switch each against embedft's default; "
-        "`vs embedft default` of an ablation is the median of its paired ratios: its triplets/s "
-        "over those of the default run just before it):",
-        "",
-    ]
-    table = summ["table"]
-    for k, v in ABLATIONS.items():
-        if k in s["ablations"]:
-            pairs = table.get(f"{s['ablation_dtype']}:embedft:{k}", {}).get("paired_ratios")
-            lines.append(f"- `{k}`: {v[0]}" + (f" (paired ratios {pairs})" if pairs else ""))
-    return "\n".join(lines) + "\n"
-
-
-def environment(device: str) -> dict[str, Any]:
-    import lightning
-    import sentence_transformers
-    import torch
-
-    return {
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
-        "lightning": lightning.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2", help="a conf/model name")
@@ -876,13 +433,6 @@ def common_worker_args(args) -> list[str]:
         f"--warmup={args.warmup}",
         f"--device={args.device}",
     ]
-
-
-def default_rss_cap_gb() -> float:
-    """Leave 2 GB of what the machine has available now to everyone else."""
-    with open("/proc/meminfo") as f:
-        avail_kb = next(int(x.split()[1]) for x in f if x.startswith("MemAvailable:"))
-    return round(max(1.0, avail_kb / 1024**2 - 2.0), 1)
 
 
 def measure_peaks(dtypes: list[str], device: str) -> dict[str, float]:
@@ -971,7 +521,7 @@ def run_benchmark(args) -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
+    text = markdown(report, {k: v[0] for k, v in ABLATIONS.items()})
     args.out.with_suffix(".md").write_text(text)
     print(text)
 

@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import bench_train  # experiments/bench_train.py: config, triplets, the ablation hooks
+import bench_common  # experiments/bench_common.py: config, triplets, load
+import bench_train  # experiments/bench_train.py: the ablation hooks
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MARK = "PROFILE_RESULT "
@@ -101,12 +102,12 @@ def worker(args) -> None:
     from embedft.module import EmbeddingModule
 
     overrides = ["embed.pack_len=128"] if args.variant == "before" else []
-    cfg = bench_train.embedft_config(args, overrides)
+    cfg = bench_common.embedft_config(args, overrides)
     torch.manual_seed(cfg.seed)
     embedder = build_embedder(cfg.model, cfg.lora, embed_cfg=cfg.embed).train()
     for hook in VARIANT_HOOKS[args.variant]:
         bench_train.undo_speedup(embedder, hook)
-    rows = bench_train.read_triplets(args.batch_size * (args.steps + 1))
+    rows = bench_common.read_triplets(args.batch_size * (args.steps + 1))
     triplets = [
         {"anchor": r["sent0"], "positive": r["sent1"], "negative": r["hard_neg"]} for r in rows
     ]
@@ -215,11 +216,11 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    bench_train.ensure_triplets()
+    bench_common.ensure_triplets()
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled")
     report: dict[str, Any] = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "worker", "variant")},
-        "loadavg_start": bench_train.loadavg(),
+        "loadavg_start": bench_common.loadavg(),
         "runs": [],
     }
     for variant in args.variants:
@@ -230,7 +231,7 @@ def main() -> None:
         result = json.loads(next(ln for ln in out.splitlines() if ln.startswith(MARK))[len(MARK) :])
         report["runs"].append(result)
         print(json.dumps(result), flush=True)
-    report["loadavg_end"] = bench_train.loadavg()
+    report["loadavg_end"] = bench_common.loadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))
