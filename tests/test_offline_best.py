@@ -46,7 +46,9 @@ def test_final_job_names_are_unique_and_carry_the_overrides_they_differ_by(ob):
         hard_neg = next(o.split("=")[1] for o in overrides if o.startswith("loss.hard_neg="))
         assert name.startswith(model) and name.endswith(f"hardneg_{hard_neg}-seed{seed}")
         # a check's overrides are the only ones beyond model, switch and seed; its name says which
-        extra = [o for o in overrides[1:] if o.split("=")[0] not in ("model", "seed", "loss.hard_neg")]
+        extra = [
+            o for o in overrides[1:] if o.split("=")[0] not in ("model", "seed", "loss.hard_neg")
+        ]
         check = [c for c, o in ob.CHECKS.items() if name == f"{model}-{c}-hardneg_true-seed{seed}"]
         assert extra == (ob.CHECKS[check[0]] if check else [])
     # every check runs with 3 seeds, the recipe's lr check keeps the name its finished runs have
