@@ -60,10 +60,10 @@ SEARCH_BASE = [
     "eval.every_n_steps=50",
     "eval.after_fit=false",  # the search never reads a test set
 ]
-SEARCH_LR = "optim.lr=5e-4"
+SEARCH_LR = "optim.lr=5e-4"  # the search's base learning rate (the recipe took 1e-3 from it)
 # the gold triplets plus the noisy-label MNLI dev file (built by ensure_data when a job needs it)
 PLUS_MNLI = "data/nli_triplets_plus_mnli_noisy.csv"
-MNLI_NOISY = "nli/MNLI/NOISY_LABELS_felipessalvatore_NLI_datasets/mnli/dev.csv"  # the search's base learning rate (the recipe took 1e-3 from it)
+MNLI_NOISY = "nli/MNLI/NOISY_LABELS_felipessalvatore_NLI_datasets/mnli/dev.csv"
 ALL_LINEAR = "[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]"
 # name -> the overrides that differ from the base recipe (one lever each, then combinations)
 SEARCH: dict[str, list[str]] = {
@@ -377,8 +377,13 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="job names of the stage to run")
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args()
-    todo = [search_overrides(o) for n, o in SEARCH.items() if args.only is None or n in args.only]
-    todo += [o for n, o in final_jobs() if args.only is None or n in args.only]
+    todo = []  # the overrides of the jobs this stage runs: their data is built first
+    if args.stage in ("search", "all"):
+        todo += [
+            search_overrides(o) for n, o in SEARCH.items() if args.only is None or n in args.only
+        ]
+    if args.stage in ("final", "all"):
+        todo += [o for n, o in final_jobs() if args.only is None or n in args.only]
     ensure_data(args.python, todo)
     if args.stage in ("search", "all"):
         for name, overrides in SEARCH.items():
